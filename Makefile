@@ -1,0 +1,39 @@
+# Every target works on a fresh machine by itself: it creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run client test lint redis-server clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: the server on 127.0.0.1:9527 with an embedded Redis (ARGS="--redis-url redis://..." for a real one)
+run: $(STAMP)
+	$(PY) server.py $(ARGS)
+
+## make client: the chat client (ARGS="--port 9527 --lang zh" ...)
+client: $(STAMP)
+	$(PY) client.py $(ARGS)
+
+## make test: the whole suite, on fakeredis and, when redis-server exists, on a real Redis too
+test: $(STAMP)
+	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server || \
+		echo "redis-server could not be installed: the real-Redis tests will be skipped"
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## redis-server: install Debian's redis-server (needs root and apt)
+redis-server:
+	command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	command -v redis-server
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

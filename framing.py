@@ -1,0 +1,147 @@
+"""Length-prefixed frames, as the original's ``module`` package puts them on the wire.
+
+A frame is a signed 32-bit little-endian length followed by that many bytes of
+UTF-8 text; the length counts payload bytes and excludes the 4-byte header::
+
+    +----------------------+-------------------------------+
+    | int32 little-endian  | payload: the string's bytes   |
+    +----------------------+-------------------------------+
+
+The core is :class:`FrameDecoder`, which does no I/O at all: feed it bytes,
+ask it for frames (h11's shape).  :class:`FrameReader` wraps it for a blocking
+socket.  Frames are always produced whole by :func:`encode`, so that a caller
+sends each one with a single ``sendall``: the original Go decoder only decodes
+a frame that sits entirely inside one read of its 4096-byte buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct("<i")
+HEADER_SIZE = HEADER.size
+
+#: The largest payload the original Go programs can decode: their ``Decode``
+#: only looks inside a 4096-byte ``bufio.Reader``, header included.
+MAX_FRAME = 4096 - HEADER_SIZE
+
+RECV_SIZE = 65536
+
+
+class FrameError(Exception):
+    """The peer sent bytes that are not a valid frame stream."""
+
+    #: True when the stream is still in step after the error (the bad frame
+    #: was consumed whole), so a server may answer and keep the connection.
+    recoverable = False
+
+
+class TruncatedFrame(FrameError):
+    """The stream ended inside a frame."""
+
+
+class NegativeLength(FrameError):
+    """The length prefix is negative (it crashes the original Go server)."""
+
+
+class FrameTooLarge(FrameError):
+    """The length prefix exceeds the configured limit."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the limit of {limit}")
+        self.length = length
+        self.limit = limit
+
+
+class InvalidUtf8(FrameError):
+    """A whole frame arrived, but its payload is not UTF-8."""
+
+    recoverable = True
+
+
+def encode(text: str) -> bytes:
+    """Return the frame for ``text``: header and payload as one bytes object."""
+    return encode_bytes(text.encode("utf-8"))
+
+
+def encode_bytes(payload: bytes) -> bytes:
+    """Return the frame for a payload that is already UTF-8 bytes."""
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: :meth:`feed` bytes, then call :meth:`next_frame`.
+
+    The length header is checked before any of the payload is buffered, so a
+    hostile length costs nothing; at most one ``feed`` beyond the current
+    frame is ever held.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the peer."""
+        self._buffer += data
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame is buffered but not yet complete."""
+        return bool(self._buffer)
+
+    def next_frame(self) -> str | None:
+        """Return the next whole frame's text, or None if more bytes are needed.
+
+        Raises a :class:`FrameError` subclass for a negative or oversized
+        length (the stream cannot be trusted after that) or for a payload that
+        is not UTF-8 (recoverable: that frame has been consumed).
+        """
+        buffer = self._buffer
+        if len(buffer) < HEADER_SIZE:
+            return None
+        (length,) = HEADER.unpack_from(buffer)
+        if length < 0:
+            raise NegativeLength(f"negative frame length {length}")
+        if length > self.max_frame:
+            raise FrameTooLarge(length, self.max_frame)
+        end = HEADER_SIZE + length
+        if len(buffer) < end:
+            return None
+        payload = bytes(buffer[HEADER_SIZE:end])
+        # Deleting a bytearray's prefix is O(1) amortised in CPython.
+        del buffer[:end]
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidUtf8(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
+
+    def end_of_stream(self) -> None:
+        """Signal EOF from the peer; raises :class:`TruncatedFrame` mid-frame."""
+        if self._buffer:
+            raise TruncatedFrame(f"stream ended {len(self._buffer)} bytes into a frame")
+
+
+class FrameReader:
+    """Blocking frame reader over a socket (or anything with ``recv``)."""
+
+    def __init__(self, sock, max_frame: int = MAX_FRAME) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_frame)
+
+    def read(self) -> str | None:
+        """Return the next frame's text, or None at a clean end of stream.
+
+        Loops over short reads, so a frame split over many TCP segments and
+        many frames in one segment both decode; raises :class:`FrameError`.
+        """
+        decoder = self.decoder
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                return frame
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                decoder.end_of_stream()
+                return None
+            decoder.feed(data)

@@ -1,0 +1,182 @@
+"""The ``targetType:target:specialMark:message`` payloads, shared by server and client.
+
+Pure functions and constants only: parsing and building payloads, the
+protocol marks (which never change with the language), nickname rules, and
+the one table of human-readable texts in Chinese (the original's, byte for
+byte) and English.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import NamedTuple
+
+# Target types.
+INDIVIDUAL = "individual"
+CHANNEL = "channel"
+
+#: The broadcast channel's name as it appears in payloads.
+BROADCAST = "channel1"
+
+# Special marks.  These are protocol, not text: never translated.
+SYSTEM = "系统消息"
+CHANGE_NAME_FIRST = "changeNameFirst"
+CHANGE_NAME_FIRST_OK = "changeNameFirst1"
+NAME_REFUSED = "changeNameFirst0"
+RENAME_FAILED = "changeNameFirst2"
+CHANGE_NAME = "changeName"
+CHANGE_NAME_OK = "changeName1"
+MENU = "menu"
+ONLINE_LIST = "onlineList"
+ACTIVITY = "activity"
+QUIT = "quit"
+PRIVATE = ""  # individual:<name>::<text> is a private message
+
+
+class Message(NamedTuple):
+    """One parsed payload."""
+
+    target_type: str
+    target: str
+    mark: str
+    text: str
+
+
+def split_message(payload: str) -> Message | None:
+    """Split a payload as Go's ``strings.SplitN(payload, ":", 4)``; None if < 4 fields."""
+    parts = payload.split(":", 3)
+    if len(parts) != 4:
+        return None
+    return Message(*parts)
+
+
+def join_message(target_type: str, target: str, mark: str, text: str) -> str:
+    """Build a payload from its four fields."""
+    return f"{target_type}:{target}:{mark}:{text}"
+
+
+# --- nicknames ---------------------------------------------------------------
+
+MAX_NAME_LENGTH = 32
+
+#: Names nobody may take, compared after :func:`name_key` folding.
+RESERVED_NAMES = frozenset(
+    ["系统消息", "系统", "system", "server", "admin", "administrator", "root", "moderator", "channel1"]
+)
+
+# Unicode categories refused in names: controls, format characters (bidi
+# overrides, zero-width joiners), line/paragraph separators, unassigned and
+# private-use code points, surrogates.
+_FORBIDDEN_CATEGORIES = frozenset(["Cc", "Cf", "Zl", "Zp", "Cn", "Co", "Cs"])
+
+
+def name_key(name: str) -> str:
+    """The form under which names are unique: NFKC-normalised and case-folded."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def name_problem(name: str) -> str | None:
+    """Return the text key saying why ``name`` is refused, or None if it is fine."""
+    if not name:
+        return "name_empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return "name_too_long"
+    if name != name.strip():
+        return "name_spaces"
+    key = name_key(name)
+    if ":" in name or ":" in key:
+        return "name_colon"
+    if any(unicodedata.category(c) in _FORBIDDEN_CATEGORIES for c in name):
+        return "name_control"
+    if key in RESERVED_NAMES or key.startswith("guest-"):
+        return "name_reserved"
+    return None
+
+
+# --- human-readable texts ----------------------------------------------------
+
+LANGUAGES = ("en", "zh")
+
+ZH_MENU = (
+    " \n * ./cd1 或 ./menu 功能菜单\n * ./cd2 或 ./changeName 更改昵称\n"
+    " * ./cd3 或 ./online 在线用户数量查询\n*./cd4 或 ./ activity 查询活跃排行\n"
+    " * ./cd5 或 ./quit 退出聊天室\n"
+)
+EN_MENU = (
+    " \n * ./cd1 or ./menu        this menu\n * ./cd2 or ./changeName  change your nickname\n"
+    " * ./cd3 or ./online      how many users are online\n"
+    " * ./cd4 or ./activity    activity ranking\n * ./cd5 or ./quit        leave the chat room\n"
+)
+
+TEXTS: dict[str, dict[str, str]] = {
+    # Server -> client texts (the payload's message field).
+    "joined": {"zh": "用户 < {name} > 上线了!", "en": "User < {name} > joined!"},
+    "left": {"zh": "用户已下线:{name}", "en": "User left: {name}"},
+    "name_taken": {"zh": "名字重复,请更换名字再次尝试", "en": "That name is taken, please try another"},
+    "rename_failed": {"zh": "未知原因导致改名失败", "en": "Renaming failed for an unknown reason"},
+    "menu": {"zh": ZH_MENU, "en": EN_MENU},
+    "bad_format": {"zh": "信息格式错误", "en": "Bad message format"},
+    "online_count": {"zh": "当前在线人数为{count}人", "en": "Users online: {count}"},
+    "activity_title": {"zh": "< 系统消息 > 活跃度排名\n", "en": "< System > Activity ranking\n"},
+    "activity_line": {"zh": " 第{rank}名 : {name}\n", "en": " #{rank} : {name}\n"},
+    "no_such_user": {"zh": "用户 < {name} > 不存在", "en": "There is no user < {name} >"},
+    "server_error": {"zh": "服务器内部错误,请稍后再试", "en": "Server error, please try again later"},
+    "server_shutdown": {"zh": "服务器即将关闭", "en": "The server is shutting down"},
+    "bad_utf8": {"zh": "信息不是有效的UTF-8编码", "en": "Message is not valid UTF-8"},
+    "too_long": {"zh": "信息过长,最多{limit}字节", "en": "Message too long: at most {limit} bytes"},
+    "frame_error": {"zh": "数据帧错误,连接关闭: {reason}", "en": "Bad frame, closing: {reason}"},
+    "name_empty": {"zh": "名字不能为空", "en": "The name must not be empty"},
+    "name_too_long": {
+        "zh": f"名字最长{MAX_NAME_LENGTH}个字符",
+        "en": f"The name must be at most {MAX_NAME_LENGTH} characters",
+    },
+    "name_spaces": {"zh": "名字首尾不能有空格", "en": "The name must not start or end with spaces"},
+    "name_colon": {"zh": "名字不能包含':'", "en": "The name must not contain ':'"},
+    "name_control": {"zh": "名字不能包含控制字符", "en": "The name must not contain control characters"},
+    "name_reserved": {"zh": "该名字为系统保留", "en": "That name is reserved"},
+    # Client texts.
+    "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
+    "connect_failed": {"zh": "服务器连接失败 err = {error}", "en": "Could not connect to the server: {error}"},
+    "ask_name": {"zh": "请输入你的昵称:", "en": "Enter your nickname: "},
+    "ask_new_name": {"zh": "请输入新的昵称:", "en": "Enter your new nickname:"},
+    "banner": {
+        "zh": (
+            "--------------欢迎进入多人聊天室系统----------------\n"
+            " * ./cd1 或 ./menu 功能菜单\n"
+            " * ./cd2 或 ./changeName 更改昵称\n"
+            " * ./cd3 或 ./online 在线用户数量查询\n"
+            " * ./cd4 或 ./activity 在线用户数量查询\n"
+            " * ./cd5 或 ./quit 退出聊天室\n"
+            "---------------指令字母不区分大小写-----------------"
+        ),
+        "en": (
+            "-------------- Welcome to the chat room ----------------\n"
+            " * ./cd1 or ./menu        menu\n"
+            " * ./cd2 or ./changeName  change your nickname\n"
+            " * ./cd3 or ./online      how many users are online\n"
+            " * ./cd4 or ./activity    activity ranking\n"
+            " * ./cd5 or ./quit        leave the chat room\n"
+            "-------------- Commands are case-insensitive -----------"
+        ),
+    },
+    "your_name": {"zh": "你当前昵称为: {name}", "en": "Your nickname is now: {name}"},
+    "rename_ok": {"zh": "昵称为修改成功", "en": "Nickname changed"},
+    "quitting": {"zh": "开始退出客户端...", "en": "Leaving..."},
+    "system": {"zh": "< 系统消息 >", "en": "< System >"},
+    "unknown_error": {"zh": "< 系统消息 > 未知错误", "en": "< System > Unknown error"},
+    "invalid_message": {"zh": "无效的消息格式", "en": "Unparseable message"},
+    "disconnected": {"zh": "服务器连接已断开 ", "en": "The server closed the connection"},
+    "quit_ok": {"zh": "退出成功", "en": "Bye"},
+    # How the client frames what it prints.  The zh forms are what the Go
+    # client's Println produces, spaces included.
+    "stamp": {"zh": "【  {time}  】", "en": "[{time}] "},
+    "chat_line": {"zh": "< {name} >{text}", "en": "< {name} > {text}"},
+    "system_personal": {"zh": "< 系统消息 >{text}", "en": "< System > {text}"},
+    "system_broadcast": {"zh": "< 系统消息 > {text}", "en": "< System > {text}"},
+}
+
+
+def text(lang: str, key: str, **values: object) -> str:
+    """Look up a human-readable text in ``lang`` ("zh" or "en") and fill it in."""
+    template = TEXTS[key].get(lang) or TEXTS[key]["en"]
+    return template.format(**values) if values else template

@@ -1,0 +1,190 @@
+"""Fixtures: a Redis (fakeredis, and a real redis-server when one is installed),
+servers started in-process on free ports, and a raw protocol client."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from framing import FrameReader, encode
+from server import ChatServer, Config
+
+REDIS_SERVER = shutil.which("redis-server")
+_prefixes = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free port, without persistence by default."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)  # polling a process that is starting: nothing to await
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def real_redis():
+    """A real redis-server for the whole session, or a skip (never in CI)."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and CI must run the real-Redis tests")
+        pytest.skip("redis-server is not installed")
+    process = RedisProcess()
+    process.start()
+    yield process
+    process.stop()
+
+
+def make_redis_client(kind: str, request) -> redis.Redis:
+    if kind == "fake":
+        pool = redis.ConnectionPool(
+            connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(), max_connections=2000
+        )
+        return redis.Redis(connection_pool=pool)
+    process = request.getfixturevalue("real_redis")
+    return redis.Redis.from_url(process.url, max_connections=2000)
+
+
+@pytest.fixture(params=["fake", "real"])
+def redis_kind(request) -> str:
+    """Which Redis a test runs on: every server test runs on both."""
+    return request.param
+
+
+@pytest.fixture
+def redis_client(redis_kind, request):
+    client = make_redis_client(redis_kind, request)
+    yield client
+    client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def make_server(redis_client):
+    """Start servers on free ports; each has its own key prefix. All shut down after the test."""
+    servers = []
+
+    def start(**overrides) -> ChatServer:
+        options = {"port": 0, "key_prefix": f"test{next(_prefixes)}:", "close_timeout": 5.0}
+        options.update(overrides)
+        server = ChatServer(Config(**options), redis_client)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def chat_server(make_server) -> ChatServer:
+    """One running server on a free port (English texts)."""
+    return make_server()
+
+
+class RawClient:
+    """Speaks the wire protocol directly: payloads in, payloads out."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.reader = FrameReader(self.sock)
+        self.seen: list[str] = []
+
+    def send(self, payload: str) -> None:
+        self.sock.sendall(encode(payload))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> str | None:
+        """The next payload (None at end of stream); a timeout fails the test."""
+        frame = self.reader.read()
+        if frame is not None:
+            self.seen.append(frame)
+        return frame
+
+    def expect(self, wanted) -> str:
+        """Read until a payload equals ``wanted`` (a str) or satisfies it (a callable)."""
+        match = wanted if callable(wanted) else (lambda frame: frame == wanted)
+        while True:
+            frame = self.recv()
+            if frame is None:
+                raise AssertionError(f"connection closed while waiting for {wanted!r}; saw {self.seen!r}")
+            if match(frame):
+                return frame
+
+    def expect_closed(self) -> list[str]:
+        """Read until the server closes the connection; returns what came before."""
+        frames = []
+        while True:
+            try:
+                frame = self.recv()
+            except ConnectionResetError:
+                return frames
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def login(self, name: str) -> None:
+        """Send the first nickname and wait for it to be accepted."""
+        self.send(f"individual::changeNameFirst:{name}")
+        self.expect(f"individual:{name}:changeNameFirst1:{name}\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connect(chat_server):
+    """Open raw clients to ``chat_server`` (or to a server passed in); closed after the test."""
+    clients = []
+
+    def open_client(server: ChatServer | None = None) -> RawClient:
+        client = RawClient((server or chat_server).port)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
