@@ -1,0 +1,672 @@
+"""redis-chatroom server: the Go + Redis chat room, ported to threads.
+
+Each method keeps the name of its Go counterpart (``handleConnection`` ->
+:meth:`ChatServer.handle_connection`, ``userAdd`` -> :meth:`ChatServer.user_add`,
+...) and its order of events.  The threads of one connection::
+
+    serve_forever (accept loop)
+      └─ handle_connection   thread "conn-<id>": user_add, subscribe, then
+           │                 read_client -> write_to_redis -> message_processing
+           │                 until the user leaves; then user_remove
+           ├─ broadcast        thread: pub/sub on <prefix>channel1   -> socket
+           └─ personal_message thread: pub/sub on <prefix>user:<id>  -> socket
+
+All three share one ``redis.Redis`` client (each pub/sub holds one pooled
+connection of it) and one send lock, so frames never interleave.  Go's
+``<-quit`` wait is simply ``read_client`` returning.
+
+Redis state (every key and channel starts with ``--key-prefix``)::
+
+    usersName        hash    user id -> display name
+    usersByName      hash    name_key(name) -> user id   (O(1) lookup, atomic claim)
+    usersOnline      hash    user id -> "online"         (counted with HLEN)
+    activityRanking  zset    user id -> messages handled
+    nextUserId       string  INCR counter: ids unique across server processes
+    channel1         channel broadcast
+    user:<id>        channel one user's personal messages
+
+Where this differs from the original, a comment says what the original did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+
+import redis
+
+import protocol as p
+from framing import MAX_FRAME, FrameError, FrameReader, InvalidUtf8, encode_bytes
+
+logger = logging.getLogger("chatroom.server")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Everything a server instance needs; tests build many in one process."""
+
+    host: str = "127.0.0.1"
+    port: int = 9527
+    redis_url: str | None = None
+    key_prefix: str = "chatroom:"
+    lang: str = "en"
+    #: Largest frame payload accepted or sent (the Go programs decode <= 4092).
+    max_frame: int = MAX_FRAME
+    #: Concurrent chat connections; sizes the Redis connection pool.
+    max_clients: int = 4000
+    #: A send blocked this long (a client that stopped reading) drops the client.
+    send_timeout: float = 10.0
+    #: How long shutdown waits for each connection's threads.
+    close_timeout: float = 5.0
+
+
+class Keys:
+    """Redis key and channel names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.users_name = prefix + "usersName"
+        self.users_by_name = prefix + "usersByName"
+        self.users_online = prefix + "usersOnline"
+        self.activity_ranking = prefix + "activityRanking"
+        self.next_user_id = prefix + "nextUserId"
+        self.broadcast = prefix + p.BROADCAST
+        self._personal = prefix + "user:"
+
+    def personal(self, user_id: str) -> str:
+        """The personal channel of one user."""
+        return self._personal + user_id
+
+
+QUIT = object()  # message_processing's answer when the user asked to leave
+
+
+class Connection:
+    """One chat client: its socket, its identity and its send lock."""
+
+    def __init__(self, sock: socket.socket, address: tuple) -> None:
+        self.sock = sock
+        self.address = address
+        self.id = ""
+        self.name = ""
+        self.name_key = ""
+        self.added = False
+        self.alive = True
+        self.send_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.subscriptions: list[redis.client.PubSub] = []
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id or '?'} {self.name!r} {self.address[0]}:{self.address[1]}>"
+
+    def send_payload(self, payload: bytes) -> bool:
+        """Send one server payload as one frame; False once the client is gone.
+
+        Every server payload ends with "\\n", as the original's do.  A failed
+        or timed-out send closes the socket, which wakes the reader thread so
+        that the whole connection is cleaned up.
+        """
+        frame = encode_bytes(payload + b"\n")
+        with self.send_lock:
+            if not self.alive:
+                return False
+            try:
+                self.sock.sendall(frame)
+                return True
+            except OSError as exc:
+                logger.info("%r: send failed (%s); dropping the client", self, exc)
+                self.alive = False
+        self.shutdown_socket()
+        return False
+
+    def shutdown_socket(self) -> None:
+        """Wake every thread blocked on this socket; they then wind down."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class ChatServer:
+    """The chat room: accept loop, per-connection threads, Redis state.
+
+    ``start()`` binds (port 0 picks a free port, see :attr:`port`) and runs the
+    accept loop in a thread; ``serve_forever()`` runs it in the caller's
+    thread.  ``shutdown()`` is idempotent and used by signals and tests alike.
+    """
+
+    def __init__(self, config: Config, rdb: redis.Redis | None = None) -> None:
+        self.config = config
+        self.rdb = rdb if rdb is not None else connect_redis(config)
+        self.keys = Keys(config.key_prefix)
+        self.lang = config.lang
+        self.connections: set[Connection] = set()
+        self._connections_lock = threading.Condition()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._shutting_down = threading.Event()
+        self._stopped = threading.Event()
+
+    # --- lifecycle (Go: init, main) -----------------------------------------
+
+    def init(self) -> None:
+        """Forget the users of a previous run, as the original's ``init()``.
+
+        Only safe while this is the one server on this Redis and prefix.
+        """
+        keys = self.keys
+        self.rdb.delete(keys.users_name, keys.users_by_name, keys.users_online, keys.activity_ranking)
+
+    def bind(self) -> None:
+        """Clear old state and open the listening socket."""
+        self.init()
+        listener = socket.create_server((self.config.host, self.config.port), backlog=1024)
+        self._listener = listener
+        logger.info("listening on %s:%d", *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the server listens on."""
+        assert self._listener is not None, "call bind() or start() first"
+        return self._listener.getsockname()[:2]
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful with port 0)."""
+        return self.address[1]
+
+    def wait_for_connections(self, count: int, timeout: float) -> bool:
+        """Wait until at most ``count`` connections remain; False on timeout."""
+        with self._connections_lock:
+            return self._connections_lock.wait_for(lambda: len(self.connections) <= count, timeout)
+
+    def start(self) -> None:
+        """Bind, then accept connections in a background thread."""
+        self.bind()
+        self._accept_thread = threading.Thread(target=self.serve_forever, name="accept", daemon=True)
+        self._accept_thread.start()
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`shutdown` (Go: the loop in ``main``)."""
+        if self._listener is None:
+            self.bind()
+        listener = self._listener
+        while not self._shutting_down.is_set():
+            try:
+                sock, address = listener.accept()
+            except OSError as exc:
+                if self._shutting_down.is_set():
+                    break
+                logger.warning("accept failed: %s", exc)
+                continue
+            conn = Connection(sock, address)
+            thread = threading.Thread(target=self.handle_connection, args=(conn,), daemon=True)
+            # Registered before start(), so a shutdown racing with this accept
+            # still sees, and waits for, the new connection.
+            conn.threads.append(thread)
+            with self._connections_lock:
+                self.connections.add(conn)
+            thread.start()
+        self._stopped.wait()
+
+    def shutdown(self) -> None:
+        """Stop accepting, tell every user, remove them, wait for their threads."""
+        if self._shutting_down.is_set():
+            self._stopped.wait()
+            return
+        self._shutting_down.set()
+        logger.info("shutting down")
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        with self._connections_lock:
+            connections = list(self.connections)
+        notice = self.text("server_shutdown")
+        for conn in connections:
+            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, notice))
+            conn.shutdown_socket()
+        for conn in connections:
+            for thread in conn.threads[:1]:
+                thread.join(self.config.close_timeout)
+        self._stopped.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(self.config.close_timeout)
+
+    # --- one connection (Go: handleConnection, userAdd, userRemove) ----------
+
+    def handle_connection(self, conn: Connection) -> None:
+        """Serve one client from connect to leave, then release all it holds."""
+        try:
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_send_timeout(conn.sock, self.config.send_timeout)
+            self.user_add(conn)
+            broadcast_sub = self.subscribe(self.keys.broadcast, conn)
+            personal_sub = self.subscribe(self.keys.personal(conn.id), conn)
+            for target, sub in ((self.broadcast, broadcast_sub), (self.personal_message, personal_sub)):
+                thread = threading.Thread(target=target, args=(conn, sub), daemon=True)
+                conn.threads.append(thread)
+                thread.start()
+            self.read_client(conn)
+        except redis.RedisError as exc:
+            logger.error("%r: Redis failed (%s); closing the connection", conn, exc)
+            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("server_error")))
+        except Exception:
+            logger.exception("%r: unexpected error", conn)
+        finally:
+            self.close_connection(conn)
+
+    def close_connection(self, conn: Connection) -> None:
+        """Remove the user, close the socket, end both listeners, free both pub/subs."""
+        # Not under the send lock: a listener may hold it in a blocked send,
+        # which the socket shutdown below wakes.
+        conn.alive = False
+        conn.shutdown_socket()
+        if conn.added:
+            try:
+                self.user_remove(conn)
+            except redis.RedisError as exc:
+                logger.error("%r: could not remove the user from Redis: %s", conn, exc)
+        # Original: the two subscriptions were never closed, leaking two Redis
+        # connections and a goroutine per disconnect.
+        for sub in conn.subscriptions:
+            try:
+                sub.unsubscribe()
+            except (redis.RedisError, OSError):
+                pass
+        for thread in conn.threads[1:]:
+            thread.join(self.config.close_timeout)
+        for sub in conn.subscriptions:
+            sub.close()
+        conn.sock.close()
+        with self._connections_lock:
+            self.connections.discard(conn)
+            self._connections_lock.notify_all()
+        logger.debug("%r: released", conn)
+
+    def user_add(self, conn: Connection) -> None:
+        """Register a new, still unnamed user: presence, name, ranking.
+
+        Original: the id and initial name were the remote address, which
+        contains ':' and breaks the 4-field split in every client.  Here the id
+        comes from a Redis counter (unique across server processes) and the
+        initial name is ``guest-<id>``, a form no user may claim.
+        """
+        keys = self.keys
+        conn.id = str(self.rdb.incr(keys.next_user_id))
+        conn.name = f"guest-{conn.id}"
+        conn.name_key = p.name_key(conn.name)
+        pipe = self.rdb.pipeline()
+        pipe.hset(keys.users_name, conn.id, conn.name)
+        pipe.hset(keys.users_by_name, conn.name_key, conn.id)
+        pipe.hset(keys.users_online, conn.id, "online")
+        pipe.zadd(keys.activity_ranking, {conn.id: 0})
+        pipe.execute()
+        conn.added = True
+        logger.info("%r: connected", conn)
+
+    def user_remove(self, conn: Connection) -> None:
+        """Forget the user everywhere and announce that it left; one round trip."""
+        keys = self.keys
+        pipe = self.rdb.pipeline()
+        pipe.hdel(keys.users_name, conn.id)
+        pipe.hdel(keys.users_by_name, conn.name_key)
+        pipe.hdel(keys.users_online, conn.id)
+        pipe.zrem(keys.activity_ranking, conn.id)
+        pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)))
+        pipe.execute()
+        conn.added = False
+        logger.info("%r: left", conn)
+
+    def subscribe(self, channel: str, conn: Connection) -> redis.client.PubSub:
+        """Subscribe on a pooled connection of its own and wait for Redis to confirm.
+
+        Waiting makes sure that whatever is published after this returns (the
+        user's own join notice, replies) reaches the user.
+        """
+        sub = self.rdb.pubsub()
+        conn.subscriptions.append(sub)
+        sub.subscribe(channel)
+        reply = sub.get_message(timeout=self.config.close_timeout)
+        if reply is None or reply["type"] != "subscribe":
+            raise redis.ConnectionError(f"no confirmation for SUBSCRIBE {channel}: {reply!r}")
+        return sub
+
+    # --- listeners (Go: broadCast, personalMessage) --------------------------
+
+    def broadcast(self, conn: Connection, sub: redis.client.PubSub) -> None:
+        """Forward every broadcast message to the client until it leaves."""
+        self._forward(conn, sub, "broadcast")
+
+    def personal_message(self, conn: Connection, sub: redis.client.PubSub) -> None:
+        """Forward every personal message to the client until it leaves."""
+        self._forward(conn, sub, "personal")
+
+    def _forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
+        try:
+            for message in sub.listen():
+                if message["type"] == "message" and not conn.send_payload(message["data"]):
+                    break
+        except (redis.RedisError, OSError, ValueError) as exc:
+            if conn.alive:
+                logger.error("%r: %s subscription lost (%s); dropping the client", conn, kind, exc)
+                conn.shutdown_socket()
+        logger.debug("%r: %s listener ended", conn, kind)
+
+    # --- reading and dispatch (Go: readClient, writeToRedis, messageProcessing)
+
+    def read_client(self, conn: Connection) -> None:
+        """Read frames and handle each in order until the client leaves."""
+        reader = FrameReader(conn.sock, self.config.max_frame)
+        while True:
+            try:
+                msg = reader.read()
+            except InvalidUtf8 as exc:
+                logger.info("%r: %s", conn, exc)
+                self.reply_system(conn, self.text("bad_utf8"))
+                continue
+            except FrameError as exc:
+                # Original: a negative length panicked the whole server process.
+                logger.warning("%r: %s; closing the connection", conn, exc)
+                self.reply_system(conn, self.text("frame_error", reason=exc))
+                return
+            except OSError:
+                return
+            if msg is None:
+                return
+            if not msg:
+                continue
+            logger.debug("%r: received %r", conn, msg)
+            if self.write_to_redis(conn, msg) is QUIT:
+                return
+
+    def write_to_redis(self, conn: Connection, msg: str) -> object:
+        """Handle one message as its own sender's.
+
+        Original: RPUSH to one ``messageQueue`` list shared by all connections,
+        then LPOP by whichever connection came next, so under concurrency one
+        user's message was handled as another's.  The list bought nothing (the
+        same goroutine popped at once), so the message goes straight on.
+        """
+        try:
+            return self.message_processing(conn, msg)
+        except redis.RedisError as exc:
+            # Original: log.Fatalf, stopping the whole server.
+            logger.error("%r: Redis error while handling %r: %s", conn, msg, exc)
+            self.reply_system(conn, self.text("server_error"))
+            return None
+
+    def message_processing(self, conn: Connection, msg: str) -> object:
+        """Parse one payload, dispatch it, count it for the ranking.
+
+        Writes (publishes, the ranking) collect in one pipeline: one round
+        trip per message.  Original: slept one second per message first.
+        """
+        parts = p.split_message(msg)
+        if parts is None:
+            logger.info("%r: not four fields: %r", conn, msg)
+            self.reply_system(conn, self.text("bad_format"))
+            return None
+        pipe = self.rdb.pipeline(transaction=False)
+        if parts.target_type == p.INDIVIDUAL:
+            result = self.handle_individual_commands(conn, parts.target, parts.mark, parts.text, pipe)
+        elif parts.target_type == p.CHANNEL:
+            result = self.handle_channel_commands(conn, parts.target, parts.mark, parts.text, pipe)
+        else:
+            logger.info("%r: unknown target type %r", conn, parts.target_type)
+            self.reply_system(conn, self.text("bad_format"))
+            result = None
+        if result is QUIT:
+            # Original: counted the quit after the user was removed, leaving a
+            # ghost entry in the ranking.
+            return QUIT
+        self.update_activity(conn, pipe)
+        pipe.execute()
+        return result
+
+    # --- commands (Go: handleIndividualCommands, handleChannelCommands) -------
+
+    def handle_individual_commands(self, conn, target: str, mark: str, message: str, pipe) -> object:
+        """Renames, the menu, private messages."""
+        keys = self.keys
+        if mark in (p.CHANGE_NAME_FIRST, p.CHANGE_NAME):
+            result, reason = self.change_name(conn, message)
+            if result == 1:
+                ok_mark = p.CHANGE_NAME_FIRST_OK if mark == p.CHANGE_NAME_FIRST else p.CHANGE_NAME_OK
+                self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, ok_mark, message))
+                if mark == p.CHANGE_NAME_FIRST:
+                    joined = self.text("joined", name=conn.name)
+                    pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
+            elif result == 2:
+                # The original answers a taken name with changeNameFirst0 for
+                # both marks; kept, since clients key on it.
+                self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.NAME_REFUSED, self.text(reason)))
+            else:
+                self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.RENAME_FAILED, self.text(reason)))
+        elif mark == p.MENU:
+            # Original: published to the channel of the user named `target`;
+            # an unknown (or empty) target lost it.  The asker gets it.
+            self.reply_system(conn, self.text("menu"))
+        elif mark == p.PRIVATE:
+            target_id = self.get_users_channel(target)
+            if target_id is None:
+                # Original: published to channel "" and lost.
+                self.reply_system(conn, self.text("no_such_user", name=target))
+            else:
+                payload = p.join_message(p.INDIVIDUAL, conn.name, p.SYSTEM, message)
+                if self.fits(payload):
+                    pipe.publish(keys.personal(target_id), payload)
+                else:
+                    self.reply_too_long(conn)
+        else:
+            logger.info("%r: unknown individual mark %r", conn, mark)
+            self.reply_system(conn, self.text("bad_format"))
+        return None
+
+    def handle_channel_commands(self, conn, target: str, mark: str, message: str, pipe) -> object:
+        """Chat, the online count, the ranking, quit."""
+        if mark == p.ONLINE_LIST:
+            # Original: broadcast to everyone; the asker alone asked.
+            online = self.text("online_count", count=self.get_online_users())
+            self.reply(conn, p.join_message(p.CHANNEL, p.BROADCAST, conn.name, online))
+        elif mark == p.QUIT:
+            logger.info("%r: quits", conn)
+            return QUIT
+        elif mark == p.ACTIVITY:
+            activity = message + self.text("activity_title")
+            for rank, name in enumerate(self.top_active_users(), start=1):
+                activity += self.text("activity_line", rank=rank, name=name)
+            self.reply_system(conn, activity, target_type=p.CHANNEL, target=p.BROADCAST)
+        else:
+            payload = p.join_message(p.CHANNEL, p.BROADCAST, conn.name, message)
+            if self.fits(payload):
+                pipe.publish(self.keys.broadcast, payload)
+            else:
+                self.reply_too_long(conn)
+        return None
+
+    # --- users (Go: changeName, getUsersChannel, getUsersName, ...) -----------
+
+    def change_name(self, conn: Connection, new_name: str) -> tuple[int, str]:
+        """Claim ``new_name`` atomically; (1, "") on success, as the original's codes.
+
+        Returns (2, reason) when the name is taken or not allowed, (0, reason)
+        when Redis could not be updated.  Original: read every name, then set
+        (two clients could take one name), and never released the old name.
+        """
+        problem = p.name_problem(new_name)
+        if problem is not None:
+            return 2, problem
+        keys = self.keys
+        key = p.name_key(new_name)
+        if not self.rdb.hsetnx(keys.users_by_name, key, conn.id):
+            owner = self.rdb.hget(keys.users_by_name, key)
+            if owner is None or owner.decode() != conn.id:
+                return 2, "name_taken"
+        try:
+            pipe = self.rdb.pipeline()
+            pipe.hset(keys.users_name, conn.id, new_name)
+            if conn.name_key != key:
+                pipe.hdel(keys.users_by_name, conn.name_key)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
+            return 0, "rename_failed"
+        logger.info("%r: renamed to %r", conn, new_name)
+        conn.name, conn.name_key = new_name, key
+        return 1, ""
+
+    def get_users_channel(self, name: str) -> str | None:
+        """The id (personal channel) of the user called ``name``, or None."""
+        user_id = self.rdb.hget(self.keys.users_by_name, p.name_key(name))
+        return user_id.decode() if user_id is not None else None
+
+    def get_users_name(self, conn: Connection) -> str:
+        """The user's current name: kept on the connection, which alone changes it."""
+        return conn.name
+
+    def get_online_users(self) -> int:
+        """How many users are online (original: HGETALL and count)."""
+        return self.rdb.hlen(self.keys.users_online)
+
+    def top_active_users(self) -> list[str]:
+        """Names of the five most active users (original: fetched the whole ranking)."""
+        ids = self.rdb.zrevrange(self.keys.activity_ranking, 0, 4)
+        if not ids:
+            return []
+        names = self.rdb.hmget(self.keys.users_name, ids)
+        return [name.decode() if name is not None else "" for name in names]
+
+    def update_activity(self, conn: Connection, pipe) -> None:
+        """Count one handled message for the user (queued on ``pipe``)."""
+        pipe.zincrby(self.keys.activity_ranking, 1, conn.id)
+
+    # --- replies -------------------------------------------------------------
+
+    def text(self, key: str, **values: object) -> str:
+        """A human-readable text in the server's language."""
+        return p.text(self.lang, key, **values)
+
+    def fits(self, payload: str) -> bool:
+        """Whether the payload, with its "\\n", fits in one frame the clients decode."""
+        return len(payload.encode("utf-8")) + 1 <= self.config.max_frame
+
+    def system_payload(self, target_type: str, target: str, message: str) -> bytes:
+        """A ``<type>:<target>:系统消息:<message>`` payload, as bytes."""
+        return p.join_message(target_type, target, p.SYSTEM, message).encode("utf-8")
+
+    def reply(self, conn: Connection, payload: str) -> None:
+        """Send a payload to this client only, straight to its socket.
+
+        Original: published on the personal channel; a direct send saves a
+        Redis round trip and puts a reply before the broadcasts it causes.
+        """
+        if not self.fits(payload):
+            self.reply_too_long(conn)
+            return
+        conn.send_payload(payload.encode("utf-8"))
+
+    def reply_system(self, conn: Connection, message: str, *, target_type=p.INDIVIDUAL, target=None) -> None:
+        """Send a system message to this client only."""
+        self.reply(conn, p.join_message(target_type, conn.name if target is None else target, p.SYSTEM, message))
+
+    def reply_too_long(self, conn: Connection) -> None:
+        """Tell the client its message would not fit in one frame."""
+        limit = self.config.max_frame
+        conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("too_long", limit=limit)))
+
+
+def set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound blocking sends only (SO_SNDTIMEO), leaving reads to block freely."""
+    if seconds and seconds > 0:
+        whole = int(seconds)
+        micro = int((seconds - whole) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, micro))
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
+
+    Every chat user holds two pub/sub connections and its reader may run a
+    command, so the pool is sized for that rather than redis-py's default.
+    """
+    pool_size = 3 * config.max_clients + 16
+    if not config.redis_url:
+        import fakeredis
+
+        logger.warning("no Redis URL given: using an embedded in-process fakeredis (one process only)")
+        pool = redis.ConnectionPool(
+            connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(), max_connections=pool_size
+        )
+        return redis.Redis(connection_pool=pool)
+    client = redis.Redis.from_url(config.redis_url, max_connections=pool_size, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"cannot reach Redis at {config.redis_url}: {exc}") from None
+    logger.info("using Redis at %s", config.redis_url)
+    return client
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Command-line flags, with environment variables for what a deployment sets."""
+    env = os.environ
+    parser = argparse.ArgumentParser(description="redis-chatroom server")
+    parser.add_argument("--host", default=env.get("CHATROOM_HOST", "127.0.0.1"), help="listen address")
+    parser.add_argument("--port", type=int, default=int(env.get("CHATROOM_PORT", "9527")), help="listen port")
+    parser.add_argument(
+        "--redis-url",
+        default=env.get("REDIS_URL"),
+        help="e.g. redis://localhost:6379/0 (env REDIS_URL); none: embedded fakeredis",
+    )
+    parser.add_argument("--key-prefix", default=env.get("CHATROOM_KEY_PREFIX", "chatroom:"))
+    parser.add_argument("--lang", choices=p.LANGUAGES, default=env.get("CHATROOM_LANG", "en"))
+    parser.add_argument("--max-frame", type=int, default=MAX_FRAME, help="largest frame payload in bytes")
+    parser.add_argument("--max-clients", type=int, default=4000)
+    parser.add_argument("--send-timeout", type=float, default=10.0, help="seconds; drops clients that stop reading")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Config(
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        key_prefix=args.key_prefix,
+        lang=args.lang,
+        max_frame=args.max_frame,
+        max_clients=args.max_clients,
+        send_timeout=args.send_timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
+    config = parse_args(argv)
+    server = ChatServer(config)
+    try:
+        server.bind()
+    except OSError as exc:
+        print(f"cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, name="shutdown").start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

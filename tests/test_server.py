@@ -1,0 +1,487 @@
+"""End-to-end behaviour of the server over real sockets, on fakeredis and real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+import redis
+from conftest import ROOT, RawClient
+
+from framing import encode
+
+pytestmark = pytest.mark.timeout(60)
+
+JOIN = "channel:channel1:系统消息:User < {} > joined!\n"
+LEFT = "channel:channel1:系统消息:User left: {}\n"
+
+
+def chat_from(name):
+    prefix = f"channel:channel1:{name}:"
+    return lambda frame: frame.startswith(prefix)
+
+
+def fields(payload):
+    return payload.rstrip("\n").split(":", 3)
+
+
+# --- names -------------------------------------------------------------------
+
+
+def test_first_nickname_is_confirmed_then_announced_to_everyone(connect):
+    alice, bob = connect(), connect()
+    bob.login("bob")
+    alice.send("individual::changeNameFirst:alice")
+    alice.expect("individual:alice:changeNameFirst1:alice\n")
+    alice.expect(JOIN.format("alice"))
+    bob.expect(JOIN.format("alice"))
+
+
+def test_taken_first_nickname_is_refused_with_a_parseable_changeNameFirst0(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.send("individual::changeNameFirst:alice")
+    refusal = bob.expect(lambda f: "changeNameFirst0" in f)
+    target_type, target, mark, text = fields(refusal)
+    # Original: the target was the remote address, whose ':' shifted every field.
+    assert (target_type, mark, text) == ("individual", "changeNameFirst0", "That name is taken, please try another")
+    assert target.startswith("guest-")
+    bob.login("bob")
+
+
+def test_names_are_unique_regardless_of_case_and_width(connect):
+    alice, bob = connect(), connect()
+    alice.login("Alice")
+    for lookalike in ("alice", "ALICE", "Ａｌｉｃｅ"):
+        bob.send(f"individual::changeNameFirst:{lookalike}")
+        assert fields(bob.expect(lambda f: "changeNameFirst0" in f))[2] == "changeNameFirst0"
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("a:b", "The name must not contain ':'"),
+        ("x" * 33, "The name must be at most 32 characters"),
+        (" bob", "The name must not start or end with spaces"),
+        ("bo\x1b[2Jb", "The name must not contain control characters"),
+        ("系统消息", "That name is reserved"),
+        ("Admin", "That name is reserved"),
+        ("guest-1", "That name is reserved"),
+        ("", "The name must not be empty"),
+    ],
+)
+def test_bad_names_are_refused_with_the_reason(connect, name, reason):
+    client = connect()
+    client.send(f"individual::changeNameFirst:{name}")
+    assert fields(client.expect(lambda f: "changeNameFirst0" in f))[3] == reason
+
+
+def test_chinese_names_are_allowed(connect):
+    client = connect()
+    client.login("小明")
+
+
+def test_change_name_is_confirmed_privately_and_frees_the_old_name(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    alice.send("individual:alice:changeName:alicia")
+    alice.expect("individual:alicia:changeName1:alicia\n")
+    alice.send("channel:channel1::hi")
+    assert bob.expect(chat_from("alicia")) == "channel:channel1:alicia:hi\n"
+    bob.send("individual:bob:changeName:alice")
+    bob.expect("individual:alice:changeName1:alice\n")
+
+
+def test_change_name_to_a_taken_name_is_refused_with_changeNameFirst0(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    bob.send("individual:bob:changeName:alice")
+    assert bob.expect(lambda f: "changeNameFirst0" in f) == (
+        "individual:bob:changeNameFirst0:That name is taken, please try another\n"
+    )
+
+
+def test_changing_only_the_case_of_ones_own_name_is_allowed(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("individual:alice:changeName:Alice")
+    alice.expect("individual:Alice:changeName1:Alice\n")
+
+
+def test_a_leaving_users_name_can_be_taken_again(connect, chat_server):
+    alice = connect()
+    alice.login("alice")
+    alice.send("channel:channel1:quit:")
+    alice.expect_closed()
+    assert chat_server.wait_for_connections(0, 10)
+    connect().login("alice")
+
+
+def test_two_clients_claiming_one_name_exactly_one_wins(connect):
+    first, second = connect(), connect()
+    for round_number in range(50):
+        name = f"name{round_number}"
+        barrier = threading.Barrier(2)
+
+        def claim(client, barrier, name):
+            barrier.wait()
+            client.send(f"individual::changeName:{name}")
+
+        threads = [threading.Thread(target=claim, args=(c, barrier, name)) for c in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        answers = [c.expect(lambda f: "changeName1:" in f or "changeNameFirst0:" in f) for c in (first, second)]
+        winners = [a for a in answers if f"changeName1:{name}" in a]
+        assert len(winners) == 1, answers
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def test_menu_goes_to_the_asker_whatever_the_target(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    for target in ("", "bob", "nobody"):
+        alice.send(f"individual:{target}:menu:")
+        menu = alice.expect(lambda f: f.startswith("individual:alice:系统消息:"))
+        assert "./cd5 or ./quit" in menu
+    bob.send("channel:channel1::marker")
+    # Nothing of alice's menus went to bob: the next thing he sees is the marker.
+    assert bob.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:bob:marker\n"
+
+
+def test_private_message_reaches_only_its_target(connect):
+    alice, bob, carol = connect(), connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    carol.login("carol")
+    alice.send("individual:bob::psst")
+    assert bob.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:psst\n"
+    carol.send("channel:channel1::marker")
+    assert carol.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:carol:marker\n"
+
+
+def test_private_message_to_an_unknown_user_is_refused(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("individual:nobody::psst")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:There is no user < nobody >\n"
+    )
+
+
+def test_unknown_individual_mark_gets_a_format_error(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("individual:alice:bogus:x")
+    assert alice.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:Bad message format\n"
+
+
+def test_online_count_goes_to_the_asker_only(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    unnamed = connect()  # unnamed users count too, as in the original
+    unnamed.send("individual::menu:")
+    unnamed.expect(lambda f: "./menu" in f)  # it is registered by now
+    bob.send("channel:channel1:onlineList:")
+    assert bob.expect(chat_from("bob")) == "channel:channel1:bob:Users online: 3\n"
+    bob.send("channel:channel1::marker")
+    assert alice.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:bob:marker\n"
+
+
+def test_activity_ranking_lists_the_five_most_active_users(connect):
+    clients = {name: connect() for name in ("u1", "u2", "u3", "u4", "u5", "u6")}
+    for name, client in clients.items():
+        client.login(name)
+    asker = clients["u6"]
+    # Each handled message counts, the first nickname included: uN ends with N + 1.
+    for count, name in enumerate(("u1", "u2", "u3", "u4", "u5"), start=1):
+        for i in range(count):
+            clients[name].send(f"channel:channel1::{i}")
+        for i in range(count):
+            asker.expect(f"channel:channel1:{name}:{i}\n")
+    asker.send("channel:channel1:activity:")
+    ranking = asker.expect(lambda f: "Activity ranking" in f)
+    assert ranking == (
+        "channel:channel1:系统消息:< System > Activity ranking\n"
+        " #1 : u5\n #2 : u4\n #3 : u3\n #4 : u2\n #5 : u1\n\n"
+    )
+
+
+def test_quit_closes_the_connection_and_announces_the_leave(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    alice.send("channel:channel1:quit:")
+    alice.expect_closed()
+    bob.expect(LEFT.format("alice"))
+
+
+def test_nothing_sent_after_quit_is_processed(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    alice.send_raw(encode("channel:channel1:quit:") + encode("channel:channel1::ghost"))
+    bob.expect(LEFT.format("alice"))
+    bob.send("channel:channel1:activity:")
+    ranking = bob.expect(lambda f: "Activity ranking" in f)
+    bob.send("channel:channel1::marker")
+    assert bob.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:bob:marker\n"
+    assert "alice" not in ranking
+
+
+def test_an_unnamed_user_leaving_is_announced_by_its_guest_name(connect):
+    alice, bob = connect(), connect()
+    bob.login("bob")
+    alice.send("channel:channel1::hi")
+    guest = fields(bob.expect(lambda f: f.endswith(":hi\n")))[2]
+    assert guest.startswith("guest-")
+    alice.close()
+    bob.expect(LEFT.format(guest))
+
+
+def test_channel_messages_with_other_targets_and_marks_are_chat(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("channel:elsewhere:whatever:text")
+    assert alice.expect(chat_from("alice")) == "channel:channel1:alice:text\n"
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def test_negative_length_closes_only_that_connection(connect):
+    bad, alice = connect(), connect()
+    alice.login("alice")
+    bad.send_raw(struct.pack("<i", -1))
+    frames = bad.expect_closed()
+    assert any("Bad frame" in f for f in frames)
+    alice.send("channel:channel1::still here")
+    alice.expect("channel:channel1:alice:still here\n")
+
+
+def test_oversized_length_is_refused_before_reading_the_payload(connect):
+    bad = connect()
+    bad.send_raw(struct.pack("<i", 1 << 30))
+    frames = bad.expect_closed()
+    assert any("exceeds the limit of 4092" in f for f in frames)
+
+
+def test_invalid_utf8_gets_an_error_and_the_connection_stays(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send_raw(struct.pack("<i", 2) + b"\xff\xfe")
+    assert alice.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:Message is not valid UTF-8\n"
+    alice.send("channel:channel1::ok")
+    alice.expect("channel:channel1:alice:ok\n")
+
+
+def test_a_payload_without_four_fields_gets_an_error(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("hello")
+    assert alice.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:Bad message format\n"
+
+
+def test_empty_frames_are_ignored(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send_raw(b"\x00\x00\x00\x00" * 3)
+    alice.send("channel:channel1::after")
+    alice.expect("channel:channel1:alice:after\n")
+
+
+def test_a_chat_text_too_long_for_the_clients_is_refused(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("channel:channel1::" + "x" * 4070)
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:Message too long: at most 4092 bytes\n"
+    )
+    longest = "x" * (4092 - len("channel:channel1:alice:") - 1)
+    alice.send("channel:channel1::" + longest)
+    alice.expect(f"channel:channel1:alice:{longest}\n")
+
+
+def test_a_redis_error_answers_that_user_and_the_server_goes_on(connect, chat_server, monkeypatch):
+    alice = connect()
+    alice.login("alice")
+
+    def broken():
+        raise redis.ConnectionError("simulated")
+
+    monkeypatch.setattr(chat_server, "top_active_users", broken)
+    alice.send("channel:channel1:activity:")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:Server error, please try again later\n"
+    )
+    alice.send("channel:channel1::fine")
+    alice.expect("channel:channel1:alice:fine\n")
+
+
+# --- texts -------------------------------------------------------------------
+
+
+def test_chinese_texts_are_the_originals_byte_for_byte(make_server):
+    server = make_server(lang="zh")
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        alice.expect("channel:channel1:系统消息:用户 < alice > 上线了!\n")
+        bob.login("bob")
+        bob.send("individual:bob:changeName:alice")
+        assert bob.expect(lambda f: "changeNameFirst0" in f).encode() == bytes.fromhex(
+            "696e646976696475616c3a626f623a6368616e67654e616d654669727374303a"
+        ) + "名字重复,请更换名字再次尝试\n".encode()
+        bob.send("channel:channel1:onlineList:")
+        assert bob.expect(chat_from("bob")) == "channel:channel1:bob:当前在线人数为2人\n"
+        bob.send("individual:bob:menu:")
+        menu = bob.expect(lambda f: f.startswith("individual:bob:系统消息:"))
+        assert menu.encode()[len("individual:bob:系统消息:".encode()):] == (
+            " \n * ./cd1 或 ./menu 功能菜单\n * ./cd2 或 ./changeName 更改昵称\n * ./cd3 或 ./online 在线用户数量查询\n"
+            "*./cd4 或 ./ activity 查询活跃排行\n * ./cd5 或 ./quit 退出聊天室\n\n"
+        ).encode()
+        assert len(menu.encode()) - len("individual:bob:系统消息:".encode()) + len("individual:alice:系统消息:".encode()) == 230
+        bob.send("channel:channel1:activity:")
+        ranking = bob.expect(lambda f: "活跃度排名" in f)
+        assert ranking == "channel:channel1:系统消息:< 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice\n\n"
+        alice.send("channel:channel1:quit:")
+        assert bob.expect(lambda f: "下线" in f).encode() == bytes.fromhex(
+            "6368616e6e656c3a6368616e6e656c313a e7b3bbe7bb9fe6b688e681af3a e794a8e688b7e5b7b2e4b88be7babf3a"
+            "616c696365 0a"
+        )
+    finally:
+        alice.close()
+        bob.close()
+
+
+# --- concurrency and resources -----------------------------------------------
+
+
+def test_twenty_clients_sending_at_once_each_get_every_message_once_in_order(connect):
+    names = [f"c{i}" for i in range(20)]
+    clients = [connect() for _ in names]
+    for name, client in zip(names, clients):
+        client.login(name)
+    for index, client in enumerate(clients):  # everyone has seen the later joins: the room is complete
+        awaited = {JOIN.format(name) for name in names[index:]} - set(client.seen)
+        while awaited:
+            awaited.discard(client.recv())
+    per_sender = 50
+
+    def send_all(name, client):
+        for i in range(per_sender):
+            client.send(f"channel:channel1::{name}-{i}")
+
+    senders = [threading.Thread(target=send_all, args=pair) for pair in zip(names, clients)]
+    for thread in senders:
+        thread.start()
+
+    def receive_all(client, received):
+        while sum(len(v) for v in received.values()) < per_sender * len(names):
+            _, _, sender, text = fields(client.recv())
+            if sender != "系统消息":
+                received.setdefault(sender, []).append(text)
+
+    results = [{} for _ in clients]
+    receivers = [threading.Thread(target=receive_all, args=pair) for pair in zip(clients, results)]
+    for thread in receivers:
+        thread.start()
+    for thread in senders + receivers:
+        thread.join(50)
+    for received in results:
+        assert received == {name: [f"{name}-{i}" for i in range(per_sender)] for name in names}
+
+
+def redis_connections_held(redis_kind, redis_client):
+    """Pooled connections checked out, and (on real Redis) subscribed connections."""
+    in_use = len(redis_client.connection_pool._in_use_connections)
+    if redis_kind == "real":
+        return in_use, sum(1 for c in redis_client.client_list() if int(c["sub"]) > 0)
+    return in_use, None
+
+
+def test_leaving_releases_every_thread_and_redis_connection(connect, chat_server, redis_kind, redis_client):
+    threads_before = threading.active_count()
+    redis_before = redis_connections_held(redis_kind, redis_client)
+    for i in range(100):
+        client = connect()
+        client.send("channel:channel1:quit:")
+        client.expect_closed()
+        client = connect()
+        client.login(f"r{i}")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset, not a goodbye
+    assert chat_server.wait_for_connections(0, 20)
+    assert threading.active_count() == threads_before
+    assert redis_connections_held(redis_kind, redis_client) == redis_before
+
+
+def test_shutdown_tells_users_removes_them_and_ends_every_thread(make_server, redis_client):
+    threads_before = threading.active_count()
+    server = make_server()
+    clients = [RawClient(server.port) for _ in range(3)]
+    try:
+        for i, client in enumerate(clients):
+            client.login(f"s{i}")
+        server.shutdown()
+        for client in clients:
+            frames = client.expect_closed()
+            assert any("The server is shutting down" in f for f in frames)
+    finally:
+        for client in clients:
+            client.close()
+    assert threading.active_count() == threads_before
+    assert redis_client.hlen(server.keys.users_online) == 0
+    assert redis_client.hlen(server.keys.users_by_name) == 0
+
+
+# --- the command line --------------------------------------------------------
+
+
+def test_python_server_py_serves_and_exits_zero_on_sigterm():
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("chatroom server listening on 127.0.0.1:"), line + proc.stderr.read()
+        client = RawClient(int(line.rsplit(":", 1)[1]))
+        client.login("alice")
+        proc.send_signal(signal.SIGTERM)
+        assert any("shutting down" in f for f in client.expect_closed())
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_unreachable_redis_fails_fast_with_a_clear_message():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--redis-url", f"redis://127.0.0.1:{port}/0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "REDIS_URL": ""},
+    )
+    assert result.returncode != 0
+    assert "cannot reach Redis at redis://127.0.0.1:" in result.stderr
