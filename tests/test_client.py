@@ -1,0 +1,750 @@
+"""client.py: its pure functions, then the real program against a scripted server and the live one.
+
+The scripted server is a listening socket in the test that speaks frames; the
+client runs as ``python client.py`` with a pipe for stdin, exactly as a user
+would pipe input into it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import client
+from client import (
+    ACCEPTED,
+    END_OF_INPUT,
+    LINE,
+    REFUSED,
+    SERVER_QUIT,
+    Action,
+    Inbox,
+    chat_limit,
+    go_trim_space,
+    nickname_action,
+    parse_frame,
+    parse_line,
+    sanitize,
+)
+from framing import MAX_FRAME, FrameReader, encode
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "client.py"
+TIMEOUT = 10.0
+
+NOW = datetime(2024, 5, 6, 15, 4)
+T = "【  15:04  】"  # Go: fmt.Println("【 ", time.Now().Format("15:04"), " 】...")
+STAMP = r"【  \d\d:\d\d  】"
+
+MENU_FRAME = (
+    "individual:alice:系统消息: \n * ./cd1 或 ./menu 功能菜单\n * ./cd2 或 ./changeName 更改昵称\n"
+    " * ./cd3 或 ./online 在线用户数量查询\n*./cd4 或 ./ activity 查询活跃排行\n * ./cd5 或 ./quit 退出聊天室\n\n"
+)
+ACTIVITY_FRAME = "channel:channel1:系统消息:< 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice\n\n"
+TAKEN = "名字重复,请更换名字再次尝试"
+
+
+def lines(payload: str, lang: str = "zh") -> tuple[str, ...]:
+    return parse_frame(payload, lang, NOW).lines
+
+
+# --- rendering (parse_frame) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "printed"),
+    [
+        ("individual:alice:changeNameFirst1:alice\n", [T + "你当前昵称为: alice"]),
+        ("individual:bobby:changeName1:bobby\n", [T + "昵称为修改成功", T + "你当前昵称为: bobby"]),
+        ("individual:carol:系统消息:psst\n", [T + "< 系统消息 >psst"]),
+        (MENU_FRAME, [T + "< 系统消息 >" + MENU_FRAME.split(":", 3)[3].rstrip("\n")]),
+        ("individual:x:somethingElse:whatever\n", [T + "< 系统消息 > 未知错误"]),
+        ("individual:x:quit:\n", [T + "开始退出客户端..."]),
+        ("channel:channel1:系统消息:用户 < alice > 上线了!\n", [T + "< 系统消息 > 用户 < alice > 上线了!"]),
+        ("channel:channel1:系统消息:用户已下线:alice\n", [T + "< 系统消息 > 用户已下线:alice"]),
+        ("channel:channel1:alice:hello\n", [T + "< alice >hello"]),
+        ("channel:channel1:alice:a:b:c\n", [T + "< alice >a:b:c"]),
+        ("channel:channel1:bob:当前在线人数为2人\n", [T + "< bob >当前在线人数为2人"]),
+        ("channel:channel1:alice:\n", [T + "< alice >"]),
+        ("channel:channel1:alice:two\nlines\n", [T + "< alice >two\nlines"]),
+        (
+            ACTIVITY_FRAME,
+            [T + "< 系统消息 > < 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice"],
+        ),
+    ],
+)
+def test_zh_lines_are_what_the_go_client_prints(payload, printed):
+    assert list(lines(payload, "zh")) == printed
+
+
+@pytest.mark.parametrize(
+    ("payload", "printed"),
+    [
+        ("individual:alice:changeNameFirst1:alice\n", ["[15:04] Your nickname is now: alice"]),
+        (
+            "individual:bobby:changeName1:bobby\n",
+            ["[15:04] Nickname changed", "[15:04] Your nickname is now: bobby"],
+        ),
+        ("individual:carol:系统消息:psst\n", ["[15:04] < System > psst"]),
+        ("individual:x:somethingElse:whatever\n", ["[15:04] < System > Unknown error"]),
+        ("individual:x:quit:\n", ["[15:04] Leaving..."]),
+        ("channel:channel1:系统消息:User < alice > joined!\n", ["[15:04] < System > User < alice > joined!"]),
+        ("channel:channel1:alice:hello\n", ["[15:04] < alice > hello"]),
+        (
+            "individual:guest-1:changeNameFirst0:That name is taken\n",
+            ["[15:04] < System > That name is taken"],
+        ),
+        ("Bad message format\n", ["[15:04] < System > Bad message format"]),
+    ],
+)
+def test_en_lines_use_the_english_texts(payload, printed):
+    assert list(lines(payload, "en")) == printed
+
+
+def test_first_nickname_accepted_sets_the_name_and_wakes_the_main_thread():
+    incoming = parse_frame("individual:alice:changeNameFirst1:alice\n", "zh", NOW)
+    assert (incoming.name, incoming.event) == ("alice", ACCEPTED)
+
+
+def test_rename_sets_the_name_but_is_no_first_nickname_answer():
+    incoming = parse_frame("individual:bobby:changeName1:bobby\n", "zh", NOW)
+    assert (incoming.name, incoming.event) == ("bobby", None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        f"individual:guest-7:changeNameFirst0:{TAKEN}\n",  # our server
+        f"individual:127.0.0.1:41510:changeNameFirst0:{TAKEN}\n",  # Go server: the name is the address
+        f"individual:[::1]:41510:changeNameFirst0:{TAKEN}\n",  # Go server over IPv6
+        f"individual:bobby:changeNameFirst0:{TAKEN}\n",  # a refused later rename
+    ],
+)
+def test_a_refused_name_shows_the_servers_reason(payload):
+    incoming = parse_frame(payload, "zh", NOW)
+    assert incoming.lines == (T + "< 系统消息 > " + TAKEN,)
+    assert (incoming.event, incoming.name) == (REFUSED, None)
+
+
+def test_a_failed_rename_shows_the_reason_even_in_the_shifted_form():
+    incoming = parse_frame("individual:127.0.0.1:5:changeNameFirst2:未知原因导致改名失败\n", "zh", NOW)
+    assert incoming.lines == (T + "< 系统消息 > 未知原因导致改名失败",)
+    assert incoming.event == REFUSED
+
+
+def test_a_refusal_without_a_reason_gets_a_default_text():
+    assert lines("individual:x:changeNameFirst0:\n", "en") == (
+        "[15:04] < System > That name is taken, please try another",
+    )
+
+
+def test_a_name_with_a_colon_is_accepted_whole():
+    # The Go server lets a name contain ':', which shifts the fields.
+    incoming = parse_frame("individual:a:b:changeNameFirst1:a:b\n", "zh", NOW)
+    assert (incoming.name, incoming.event) == ("a:b", ACCEPTED)
+
+
+def test_a_private_message_from_an_unnamed_go_user_is_shown():
+    assert lines("individual:127.0.0.1:5555:系统消息:hi\n") == (T + "< 系统消息 >hi",)
+
+
+def test_a_private_message_cannot_pose_as_a_refusal():
+    incoming = parse_frame("individual:mallory:系统消息:changeNameFirst0:gotcha\n", "zh", NOW)
+    assert incoming.event is None
+    assert incoming.lines == (T + "< 系统消息 >changeNameFirst0:gotcha",)
+
+
+def test_the_server_telling_us_to_quit_is_an_event():
+    assert parse_frame("individual:x:quit:\n", "zh", NOW).event == SERVER_QUIT
+
+
+@pytest.mark.parametrize("payload", ["信息格式错误\n", "no colons", "a:b:c\n"])
+def test_a_payload_with_fewer_than_four_fields_is_shown_as_a_system_line(payload):
+    assert lines(payload) == (T + "< 系统消息 > " + payload.rstrip("\n"),)
+
+
+def test_four_fields_of_an_unknown_kind_print_nothing_as_in_the_original():
+    assert lines("other:x:y:z\n") == ()
+
+
+def test_only_trailing_cr_and_lf_are_trimmed_from_the_message():
+    assert lines("channel:channel1:alice:\n hi \r\n\r\n") == (T + "< alice >\n hi ",)
+
+
+# --- sanitising --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("\x1b[31mred\x1b[0m", "^[[31mred^[[0m"),
+        ("\x1b]0;title\x07", "^[]0;title^G"),
+        ("over\rwrite", "over^Mwrite"),
+        ("back\x08\x08", "back^H^H"),
+        ("nul\x00", "nul^@"),
+        ("del\x7f", "del^?"),
+        ("csi\x9b2J", "csi<U+009B>2J"),
+        ("\x85nel", "<U+0085>nel"),
+        ("\u202eevil", "<U+202E>evil"),
+        ("\u2066iso\u2069", "<U+2066>iso<U+2069>"),
+        ("two\nlines\tand tab", "two\nlines\tand tab"),
+        ("你好 alice", "你好 alice"),
+    ],
+)
+def test_sanitize_makes_control_characters_visible(raw, shown):
+    assert sanitize(raw) == shown
+
+
+def test_no_field_from_the_network_reaches_the_terminal_raw():
+    cases = [
+        "channel:channel1:\x1b[2Jbob:\x1b[31mred\x07\n",
+        "channel:channel1:系统消息:\x1b[H\n",
+        "individual:x:系统消息:\x1b[1A\n",
+        "individual:\x1b[5mbob:changeNameFirst1:\x1b[5mbob\n",
+        "individual:x:changeNameFirst0:\x1bc\n",
+        "\x1b[2J garbage\n",
+    ]
+    for payload in cases:
+        for line in lines(payload) + lines(payload, "en"):
+            assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", line), (payload, line)
+
+
+def test_the_name_kept_is_the_real_one_not_the_shown_one():
+    incoming = parse_frame("individual:a\x1bb:changeNameFirst1:a\x1bb\n", "zh", NOW)
+    assert incoming.name == "a\x1bb"
+    assert incoming.lines == (T + "你当前昵称为: a^[b",)
+
+
+# --- typed lines (parse_line, nickname_action) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "payload"),
+    [
+        ("./cd1", "individual:alice:menu:"),
+        ("./MENU", "individual:alice:menu:"),
+        ("./cd3", "channel:channel1:onlineList:"),
+        ("./Online", "channel:channel1:onlineList:"),
+        ("./CD4", "channel:channel1:activity:"),
+        ("./activity", "channel:channel1:activity:"),
+        ("hello", "channel:channel1::hello"),
+        ("a:b:c", "channel:channel1::a:b:c"),
+        ("", "channel:channel1::"),
+        ("./cd6", "channel:channel1::./cd6"),
+        ("./menu please", "channel:channel1::./menu please"),
+        ("你好", "channel:channel1::你好"),
+    ],
+)
+def test_typed_lines_become_the_go_clients_payloads(line, payload):
+    assert parse_line(line, "alice") == Action(payload)
+
+
+@pytest.mark.parametrize("line", ["./cd5", "./quit", "./QUIT", "./Cd5"])
+def test_quit_sends_quit_and_leaves(line):
+    assert parse_line(line, "alice") == Action("channel:channel1:quit:", quit=True)
+
+
+@pytest.mark.parametrize("line", ["./cd2", "./changeName", "./CHANGENAME", "./changename"])
+def test_change_name_asks_for_the_new_name(line):
+    assert parse_line(line, "alice") == Action(ask_new_name=True)
+
+
+def test_menu_carries_the_name_we_have_so_far():
+    assert parse_line("./menu", "").payload == "individual::menu:"
+
+
+def test_a_chat_text_whose_broadcast_the_go_clients_cannot_decode_is_not_sent():
+    limit = chat_limit("alice")
+    assert len(b"channel:channel1:alice:") + limit + 1 == MAX_FRAME
+    assert parse_line("x" * limit, "alice").payload == "channel:channel1::" + "x" * limit
+    refused = parse_line("x" * (limit + 1), "alice", "en")
+    assert refused.payload is None
+    assert refused.notice == f"Message too long: at most {limit} bytes"
+    assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == f"信息过长,最多{limit}字节"
+
+
+def test_nickname_payloads():
+    assert nickname_action("alice") == Action("individual::changeNameFirst:alice")
+    assert nickname_action("bobby", current="alice") == Action("individual:alice:changeName:bobby")
+
+
+def test_an_empty_nickname_sends_nothing():
+    assert nickname_action("") == Action()
+    assert nickname_action("", current="alice") == Action()
+
+
+def test_an_oversized_nickname_is_not_sent():
+    action = nickname_action("n" * MAX_FRAME, "en")
+    assert action.payload is None
+    assert action.notice.startswith("Message too long")
+
+
+def test_input_is_trimmed_as_go_trims_it():
+    assert go_trim_space(" \t alice \r\u3000\xa0") == "alice"
+    assert go_trim_space("\x1calice") == "\x1calice"  # Python's strip() would remove it; Go's does not
+
+
+def test_inbox_holds_input_while_waiting_for_news():
+    inbox = Inbox()
+    inbox.put(LINE, "bob")
+    inbox.put(END_OF_INPUT)
+    inbox.put(REFUSED)
+    assert inbox.get_news() == (REFUSED, None)
+    inbox.put(ACCEPTED)
+    assert [inbox.get(), inbox.get(), inbox.get()] == [(LINE, "bob"), (END_OF_INPUT, None), (ACCEPTED, None)]
+
+
+# --- the program against a scripted server ---------------------------------------------
+
+
+class FakeServer:
+    """A scripted server for one client: reads and writes frames, nothing else."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+
+    def accept(self) -> None:
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(TIMEOUT)
+        self.reader = FrameReader(self.conn)
+
+    def recv(self) -> str | None:
+        if self.conn is None:
+            self.accept()
+        return self.reader.read()
+
+    def expect(self, payload: str) -> None:
+        assert self.recv() == payload
+
+    def send(self, payload: str) -> None:
+        """Send a server payload; like the original's, it ends with a newline."""
+        self.conn.sendall(encode(payload + "\n"))
+
+    def login(self, name: str) -> None:
+        self.expect(f"individual::changeNameFirst:{name}")
+        self.send(f"individual:{name}:changeNameFirst1:{name}")
+        self.send(f"channel:channel1:系统消息:用户 < {name} > 上线了!")
+
+    def frames_until_closed(self) -> list[str]:
+        """Half-close (as a server closing after quit), then read what the client still sends."""
+        self.conn.shutdown(socket.SHUT_WR)
+        frames = []
+        while (frame := self.recv()) is not None:
+            frames.append(frame)
+        return frames
+
+    def reset(self) -> None:
+        """Drop the connection with an RST, as a crashed server host would."""
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def stop(self) -> None:
+        self.close()
+        self.listener.close()
+
+
+class ClientProcess:
+    """``python client.py`` with stdin, stdout and stderr as pipes."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        env = dict(os.environ, PYTHONIOENCODING="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CLIENT), "--port", str(port), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self._cond = threading.Condition()
+        self._out = bytearray()
+        self._err = bytearray()
+        self._threads = [
+            threading.Thread(target=self._collect, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._collect, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _collect(self, stream, into: bytearray) -> None:
+        while chunk := stream.read1(65536):
+            with self._cond:
+                into += chunk
+                self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return self._out.decode("utf-8", "replace")
+
+    def type(self, *lines: str) -> None:
+        """Write lines to the client's stdin in one write, as a pipe delivers them."""
+        self.proc.stdin.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        self.proc.stdin.flush()
+
+    def end_input(self) -> None:
+        self.proc.stdin.close()
+
+    def wait_for_output(self, needle: str) -> None:
+        with self._cond:
+            found = self._cond.wait_for(lambda: needle in self._out.decode("utf-8", "replace"), TIMEOUT)
+        assert found, f"{needle!r} not printed; output so far: {self.output!r}"
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the client to exit; its status and everything it printed."""
+        status = self.proc.wait(TIMEOUT)
+        for thread in self._threads:
+            thread.join(TIMEOUT)
+        return status, self.output
+
+    @property
+    def errors(self) -> str:
+        with self._cond:
+            return self._err.decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def start_client():
+    """Start client processes; any still running after the test is killed."""
+    started = []
+
+    def start(port: int, *args: str) -> ClientProcess:
+        process = ClientProcess(port, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        f"individual:guest-1:changeNameFirst0:{TAKEN}",  # our server
+        f"individual:127.0.0.1:41510:changeNameFirst0:{TAKEN}",  # the Go server
+    ],
+    ids=["our-server", "go-server"],
+)
+def test_a_taken_first_nickname_is_asked_again(server, start_client, refusal):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice", "bob")  # on a pipe, the line after a refused name is the next name
+    server.expect("individual::changeNameFirst:alice")
+    server.send(refusal)
+    server.login("bob")
+    chat.type("hello")
+    server.expect("channel:channel1::hello")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert output.count("请输入你的昵称:") == 2
+    assert re.search(STAMP + "< 系统消息 > " + TAKEN + "\n请输入你的昵称:", output)
+    assert re.search(STAMP + "你当前昵称为: bob\n", output)
+    assert "未知错误" not in output
+
+
+def test_lines_that_arrive_together_are_all_sent(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice", "one", "two", "three")
+    chat.end_input()
+    server.login("alice")
+    for text in ("one", "two", "three"):
+        server.expect(f"channel:channel1::{text}")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    assert chat.finish()[0] == 0
+
+
+def test_commands_are_case_insensitive_and_use_the_current_name(server, start_client):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice", "./ONLINE", "./Cd4", "./cd1", "./changeName", "bobby")
+    server.login("alice")
+    server.expect("channel:channel1:onlineList:")
+    server.expect("channel:channel1:activity:")
+    server.expect("individual:alice:menu:")
+    server.expect("individual:alice:changeName:bobby")
+    server.send("individual:bobby:changeName1:bobby")
+    chat.wait_for_output("你当前昵称为: bobby")
+    chat.type("./MENU")
+    server.expect("individual:bobby:menu:")
+    chat.type("./cd5")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "请输入新的昵称:\n" in output
+
+
+def test_online_reply_is_shown(server, start_client):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice", "./online")
+    server.login("alice")
+    server.expect("channel:channel1:onlineList:")
+    server.send("channel:channel1:alice:当前在线人数为2人")
+    chat.wait_for_output("< alice >当前在线人数为2人\n")
+    chat.type("./quit")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(STAMP + "< 系统消息 > 用户 < alice > 上线了!\n", output)
+    assert re.search(STAMP + "< alice >当前在线人数为2人\n", output)
+
+
+def test_quit_waits_for_the_server_to_close_and_exits_0(server, start_client):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice", "./QUIT")
+    server.login("alice")
+    server.expect("channel:channel1:quit:")
+    server.send("channel:channel1:系统消息:用户已下线:alice")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(STAMP + "< 系统消息 > 用户已下线:alice\n退出成功\n$", output)
+    assert "服务器连接已断开" not in output
+
+
+def test_quit_gives_up_waiting_for_a_server_that_does_not_close(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice", "./quit")
+    server.login("alice")
+    server.expect("channel:channel1:quit:")
+    status, output = chat.finish()  # within client.QUIT_TIMEOUT, though the server stays
+    assert status == 0
+    assert output.endswith("Bye\n")
+
+
+def test_end_of_input_quits_once_and_exits_0(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice")
+    server.login("alice")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    assert server.frames_until_closed() == []  # the original sent an error text every 100 ms
+    status, output = chat.finish()
+    assert status == 0
+    assert output.endswith("Bye\n")
+    assert "客户端信息读取错误" not in output
+
+
+def test_end_of_input_before_any_nickname_quits(server, start_client):
+    chat = start_client(server.port)
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    assert chat.finish()[0] == 0
+
+
+def test_ctrl_c_quits_like_quit(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice")
+    server.login("alice")
+    chat.wait_for_output("Commands are case-insensitive")
+    chat.proc.send_signal(signal.SIGINT)
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "Traceback" not in chat.errors
+    assert output.endswith("Bye\n")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_the_server_going_away_exits_non_zero(server, start_client, how):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice")  # stdin stays open: the client must not wait for it
+    server.login("alice")
+    chat.wait_for_output("指令字母不区分大小写")  # the banner: the main thread is in the chat loop
+    server.reset() if how == "reset" else server.close()
+    status, output = chat.finish()
+    assert status == 1
+    assert output.endswith("服务器连接已断开 \n")
+
+
+def test_the_server_going_away_before_answering_the_nickname_exits_non_zero(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice")
+    server.expect("individual::changeNameFirst:alice")
+    server.close()
+    status, output = chat.finish()
+    assert status == 1
+    assert "The server closed the connection" in output
+
+
+def test_a_truncated_frame_is_the_server_going_away(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice")
+    server.login("alice")
+    server.conn.sendall(b"\x10\x00")  # the original client never exited after this
+    server.close()
+    assert chat.finish()[0] == 1
+
+
+def test_an_unparseable_frame_is_shown_and_the_client_keeps_working(server, start_client):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice")
+    server.login("alice")
+    server.send("信息格式错误")
+    server.send("channel:channel1:bob:still here")
+    chat.wait_for_output("< bob >still here")
+    chat.type("hello")
+    server.expect("channel:channel1::hello")
+    chat.type("./quit")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(STAMP + "< 系统消息 > 信息格式错误\n", output)
+
+
+def test_a_frame_that_is_not_utf8_is_reported_and_skipped(server, start_client):
+    chat = start_client(server.port)
+    chat.type("alice")
+    server.login("alice")
+    server.conn.sendall(struct.pack("<i", 2) + b"\xff\xfe")
+    server.send("channel:channel1:bob:after")
+    chat.wait_for_output("< bob > after")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "< System > Message is not valid UTF-8" in output
+
+
+def test_escape_sequences_from_peers_are_made_visible(server, start_client):
+    chat = start_client(server.port, "--lang", "zh")
+    chat.type("alice")
+    server.login("alice")
+    server.send("channel:channel1:\x1b[2Jbob:\x1b[31mred\x07\rover")
+    chat.wait_for_output("over")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "\x1b" not in output and "\r" not in output and "\x07" not in output
+    assert "< ^[[2Jbob >^[[31mred^G^Mover\n" in output
+
+
+def test_an_unreachable_server_exits_non_zero(start_client):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: connecting is refused
+        chat = start_client(port)
+        status, output = chat.finish()
+    assert status == 1
+    assert output.startswith("Could not connect to the server")
+
+
+def test_main_parses_the_documented_options():
+    args = client.parse_args(["--host", "::1", "--port", "1234", "--lang", "zh", "-v"])
+    assert (args.host, args.port, args.lang, args.verbose) == ("::1", 1234, "zh", True)
+    defaults = client.parse_args([])
+    assert (defaults.host, defaults.port, defaults.lang, defaults.verbose) == ("127.0.0.1", 9527, "en", False)
+
+
+# --- the program against the live server (tests/conftest.py: chat_server, connect) --------
+
+
+def test_live_nickname_message_online_and_quit(chat_server, connect, start_client):
+    bob = connect()
+    bob.login("bob")
+    chat = start_client(chat_server.port)
+    chat.type("alice", "hello", "./online")
+    bob.expect("channel:channel1:alice:hello\n")
+    chat.wait_for_output("< alice > hello\n")
+    chat.wait_for_output("Users online: 2")
+    chat.type("./quit")
+    status, output = chat.finish()
+    assert status == 0
+    assert "Your nickname is now: alice\n" in output
+    assert output.endswith("Bye\n")
+    bob.expect("channel:channel1:系统消息:User left: alice\n")
+
+
+def test_live_a_taken_nickname_is_asked_again(chat_server, connect, start_client):
+    first = connect()
+    first.login("alice")
+    chat = start_client(chat_server.port)
+    chat.type("alice", "alice2", "hi")
+    first.expect("channel:channel1:alice2:hi\n")
+    chat.end_input()
+    status, output = chat.finish()
+    assert status == 0
+    assert output.count("Enter your nickname: ") == 2
+    assert "Your nickname is now: alice2\n" in output
+    assert "Unknown error" not in output
+
+
+def test_live_rename(chat_server, connect, start_client):
+    watcher = connect()
+    watcher.login("watcher")
+    chat = start_client(chat_server.port)
+    chat.type("alice", "./cd2", "bobby")
+    chat.wait_for_output("Your nickname is now: bobby")
+    chat.type("after")
+    watcher.expect("channel:channel1:bobby:after\n")
+    chat.end_input()
+    assert chat.finish()[0] == 0
+
+
+def test_live_end_of_input_leaves_the_room(chat_server, connect, start_client):
+    watcher = connect()
+    watcher.login("watcher")
+    chat = start_client(chat_server.port)
+    chat.type("carol")
+    chat.end_input()
+    watcher.expect("channel:channel1:系统消息:User left: carol\n")
+    status, output = chat.finish()
+    assert status == 0
+    assert output.endswith("Bye\n")
+
+
+def test_live_server_shutdown_exits_non_zero(chat_server, start_client):
+    chat = start_client(chat_server.port)
+    chat.type("dave")
+    chat.wait_for_output("Your nickname is now: dave")
+    chat_server.shutdown()
+    status, output = chat.finish()
+    assert status == 1
+    assert "The server closed the connection" in output
