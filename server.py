@@ -22,6 +22,7 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     usersOnline      hash    user id -> "online"         (counted with HLEN)
     activityRanking  zset    user id -> messages handled
     nextUserId       string  INCR counter: ids unique across server processes
+    history          list    newest first: "<unix time>:<name>:<text>" of public chat
     channel1         channel broadcast
     user:<id>        channel one user's personal messages
 
@@ -38,6 +39,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -65,6 +67,8 @@ class Config:
     send_timeout: float = 10.0
     #: How long shutdown waits for each connection's threads.
     close_timeout: float = 5.0
+    #: Public messages kept for newcomers (0 = no history).
+    history: int = 50
 
 
 class Keys:
@@ -76,6 +80,7 @@ class Keys:
         self.users_online = prefix + "usersOnline"
         self.activity_ranking = prefix + "activityRanking"
         self.next_user_id = prefix + "nextUserId"
+        self.history = prefix + "history"
         self.broadcast = prefix + p.BROADCAST
         self._personal = prefix + "user:"
 
@@ -445,6 +450,7 @@ class ChatServer:
                 if mark == p.CHANGE_NAME_FIRST:
                     joined = self.text("joined", name=conn.name)
                     pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
+                    self.send_history(conn)
             elif result == 2:
                 # The original answers a taken name with changeNameFirst0 for
                 # both marks; kept, since clients key on it.
@@ -461,11 +467,16 @@ class ChatServer:
                 # Original: published to channel "" and lost.
                 self.reply_system(conn, self.text("no_such_user", name=target))
             else:
-                payload = p.join_message(p.INDIVIDUAL, conn.name, p.SYSTEM, message)
+                # Original: delivered as a system message without the sender's
+                # name in the Go client's rendering, and not echoed.
+                payload = p.join_message(p.INDIVIDUAL, conn.name, p.PRIVATE_IN, message)
                 if self.fits(payload):
                     pipe.publish(keys.personal(target_id), payload)
+                    self.reply(conn, p.join_message(p.INDIVIDUAL, target, p.PRIVATE_SENT, message))
                 else:
                     self.reply_too_long(conn)
+        elif mark == p.WHO:
+            self.reply_system(conn, self.who_text())
         else:
             logger.info("%r: unknown individual mark %r", conn, mark)
             self.reply_system(conn, self.text("bad_format"))
@@ -482,13 +493,14 @@ class ChatServer:
             return QUIT
         elif mark == p.ACTIVITY:
             activity = message + self.text("activity_title")
-            for rank, name in enumerate(self.top_active_users(), start=1):
-                activity += self.text("activity_line", rank=rank, name=name)
+            for rank, (name, count) in enumerate(self.top_active_users(), start=1):
+                activity += self.text("activity_line", rank=rank, name=name, count=count)
             self.reply_system(conn, activity, target_type=p.CHANNEL, target=p.BROADCAST)
         else:
             payload = p.join_message(p.CHANNEL, p.BROADCAST, conn.name, message)
             if self.fits(payload):
                 pipe.publish(self.keys.broadcast, payload)
+                self.add_history(conn, message, pipe)
             else:
                 self.reply_too_long(conn)
         return None
@@ -537,13 +549,43 @@ class ChatServer:
         """How many users are online (original: HGETALL and count)."""
         return self.rdb.hlen(self.keys.users_online)
 
-    def top_active_users(self) -> list[str]:
-        """Names of the five most active users (original: fetched the whole ranking)."""
-        ids = self.rdb.zrevrange(self.keys.activity_ranking, 0, 4)
-        if not ids:
+    def top_active_users(self) -> list[tuple[str, int]]:
+        """(name, count) of the five most active users (original: fetched the whole ranking)."""
+        ranking = self.rdb.zrevrange(self.keys.activity_ranking, 0, 4, withscores=True)
+        if not ranking:
             return []
-        names = self.rdb.hmget(self.keys.users_name, ids)
-        return [name.decode() if name is not None else "" for name in names]
+        names = self.rdb.hmget(self.keys.users_name, [user_id for user_id, _ in ranking])
+        return [
+            (name.decode() if name is not None else "", int(score))
+            for name, (_, score) in zip(names, ranking)
+        ]
+
+    def who_text(self) -> str:
+        """The names online, sorted, as many as fit in one frame."""
+        names = sorted((name.decode() for name in self.rdb.hvals(self.keys.users_name)), key=p.name_key)
+        shown = list(names)
+        while True:
+            listing = ", ".join(shown) + (", …" if len(shown) < len(names) else "")
+            message = self.text("who", count=len(names), names=listing)
+            # The longest name prefix the reply can carry: individual:<name>:系统消息:
+            if self.fits(f"individual:{'x' * 128}:系统消息:{message}") or not shown:
+                return message
+            shown = shown[: len(shown) * 3 // 4]
+
+    def add_history(self, conn: Connection, message: str, pipe) -> None:
+        """Keep a public message for newcomers (queued on ``pipe``)."""
+        if self.config.history > 0:
+            entry = f"{int(time.time())}:{conn.name}:{message}"
+            if not self.fits(f"{p.HISTORY}:{entry}"):
+                return  # a few bytes longer than the live broadcast
+            pipe.lpush(self.keys.history, entry)
+            pipe.ltrim(self.keys.history, 0, self.config.history - 1)
+
+    def send_history(self, conn: Connection) -> None:
+        """Send the kept public messages, oldest first, as ``history:`` payloads."""
+        if self.config.history > 0:
+            for entry in reversed(self.rdb.lrange(self.keys.history, 0, self.config.history - 1)):
+                conn.send_payload(f"{p.HISTORY}:".encode() + entry)
 
     def update_activity(self, conn: Connection, pipe) -> None:
         """Count one handled message for the user (queued on ``pipe``)."""
@@ -632,6 +674,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--max-frame", type=int, default=MAX_FRAME, help="largest frame payload in bytes")
     parser.add_argument("--max-clients", type=int, default=4000)
     parser.add_argument("--send-timeout", type=float, default=10.0, help="seconds; drops clients that stop reading")
+    parser.add_argument("--history", type=int, default=50, help="public messages kept for newcomers; 0: none")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
@@ -645,6 +688,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_frame=args.max_frame,
         max_clients=args.max_clients,
         send_timeout=args.send_timeout,
+        history=args.history,
     )
 
 

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import redis
@@ -161,13 +162,14 @@ def test_menu_goes_to_the_asker_whatever_the_target(connect):
     assert bob.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:bob:marker\n"
 
 
-def test_private_message_reaches_only_its_target(connect):
+def test_private_message_reaches_only_its_target_and_is_echoed_to_the_sender(connect):
     alice, bob, carol = connect(), connect(), connect()
     alice.login("alice")
     bob.login("bob")
     carol.login("carol")
     alice.send("individual:bob::psst")
-    assert bob.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:psst\n"
+    assert bob.expect(lambda f: f.startswith("individual:")) == "individual:alice:private:psst\n"
+    assert alice.expect(lambda f: f.startswith("individual:")) == "individual:bob:privateSent:psst\n"
     carol.send("channel:channel1::marker")
     assert carol.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:carol:marker\n"
 
@@ -179,6 +181,62 @@ def test_private_message_to_an_unknown_user_is_refused(connect):
     assert alice.expect(lambda f: f.startswith("individual:")) == (
         "individual:alice:系统消息:There is no user < nobody >\n"
     )
+
+
+def test_who_lists_the_names_online_to_the_asker_only(connect):
+    alice, bob, carol = connect(), connect(), connect()
+    bob.login("bob")
+    alice.login("alice")
+    carol.send("individual::menu:")
+    guest = fields(carol.expect(lambda f: "./menu" in f))[1]
+    alice.send("individual:alice:who:")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        f"individual:alice:系统消息:Online (3): alice, bob, {guest}\n"
+    )
+    alice.send("channel:channel1::marker")
+    assert bob.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:alice:marker\n"
+
+
+def test_who_with_more_names_than_fit_in_a_frame_is_cut_short(make_server):
+    server = make_server()
+    server.rdb.hset(server.keys.users_name, mapping={str(i): f"user{i:04}-" + "x" * 20 for i in range(1000)})
+    text = server.who_text()
+    assert text.startswith("Online (1000): user0000-") and text.endswith(", …")
+    assert server.fits(f"individual:{'x' * 32}:系统消息:{text}")
+
+
+def test_newcomers_get_the_recent_public_messages_with_their_times(make_server):
+    server = make_server(history=3)
+    alice = RawClient(server.port)
+    bob = RawClient(server.port)
+    try:
+        alice.login("alice")
+        for i in range(5):
+            alice.send(f"channel:channel1::m{i}")
+        alice.expect("channel:channel1:alice:m4\n")
+        bob.send("individual::changeNameFirst:bob")
+        bob.expect("individual:bob:changeNameFirst1:bob\n")
+        history = [bob.recv() for _ in range(3)]
+        assert [fields(h)[0] for h in history] == ["history"] * 3
+        assert [fields(h)[2:] for h in history] == [["alice", "m2"], ["alice", "m3"], ["alice", "m4"]]
+        assert all(abs(int(fields(h)[1]) - time.time()) < 60 for h in history)
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_history_zero_sends_no_history(make_server):
+    server = make_server(history=0)
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        alice.send("channel:channel1::m")
+        alice.expect("channel:channel1:alice:m\n")
+        bob.login("bob")
+        assert bob.recv() == JOIN.format("bob")
+    finally:
+        alice.close()
+        bob.close()
 
 
 def test_unknown_individual_mark_gets_a_format_error(connect):
@@ -216,7 +274,7 @@ def test_activity_ranking_lists_the_five_most_active_users(connect):
     ranking = asker.expect(lambda f: "Activity ranking" in f)
     assert ranking == (
         "channel:channel1:系统消息:< System > Activity ranking\n"
-        " #1 : u5\n #2 : u4\n #3 : u3\n #4 : u2\n #5 : u1\n\n"
+        " #1 : u5 (6)\n #2 : u4 (5)\n #3 : u3 (4)\n #4 : u2 (3)\n #5 : u1 (2)\n\n"
     )
 
 
@@ -356,7 +414,8 @@ def test_chinese_texts_are_the_originals_byte_for_byte(make_server):
         assert len(menu.encode()) - len("individual:bob:系统消息:".encode()) + len("individual:alice:系统消息:".encode()) == 230
         bob.send("channel:channel1:activity:")
         ranking = bob.expect(lambda f: "活跃度排名" in f)
-        assert ranking == "channel:channel1:系统消息:< 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice\n\n"
+        # The original's text, with each user's count added.
+        assert ranking == "channel:channel1:系统消息:< 系统消息 > 活跃度排名\n 第1名 : bob (4)\n 第2名 : alice (1)\n\n"
         alice.send("channel:channel1:quit:")
         assert bob.expect(lambda f: "下线" in f).encode() == bytes.fromhex(
             "6368616e6e656c3a6368616e6e656c313a e7b3bbe7bb9fe6b688e681af3a e794a8e688b7e5b7b2e4b88be7babf3a"
