@@ -31,6 +31,12 @@ ONLINE_LIST = "onlineList"
 ACTIVITY = "activity"
 QUIT = "quit"
 PRIVATE = ""  # individual:<name>::<text> is a private message
+# Marks and types this port adds; the Go client shows an unknown individual
+# mark as "未知错误" and ignores an unknown target type.
+WHO = "who"  # individual:<me>:who: -> the names online, to the asker
+PRIVATE_IN = "private"  # individual:<sender>:private:<text>, to the target
+PRIVATE_SENT = "privateSent"  # individual:<target>:privateSent:<text>, the sender's echo
+HISTORY = "history"  # history:<unix seconds>:<sender>:<text>, after the first nickname
 
 
 class Message(NamedTuple):
@@ -118,7 +124,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "bad_format": {"zh": "信息格式错误", "en": "Bad message format"},
     "online_count": {"zh": "当前在线人数为{count}人", "en": "Users online: {count}"},
     "activity_title": {"zh": "< 系统消息 > 活跃度排名\n", "en": "< System > Activity ranking\n"},
-    "activity_line": {"zh": " 第{rank}名 : {name}\n", "en": " #{rank} : {name}\n"},
+    "activity_line": {"zh": " 第{rank}名 : {name} ({count})\n", "en": " #{rank} : {name} ({count})\n"},
+    "who": {"zh": "在线用户({count}): {names}", "en": "Online ({count}): {names}"},
     "no_such_user": {"zh": "用户 < {name} > 不存在", "en": "There is no user < {name} >"},
     "server_error": {"zh": "服务器内部错误,请稍后再试", "en": "Server error, please try again later"},
     "server_shutdown": {"zh": "服务器即将关闭", "en": "The server is shutting down"},
