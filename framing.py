@@ -16,7 +16,9 @@ a frame that sits entirely inside one read of its 4096-byte buffer.
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 
 HEADER = struct.Struct("<i")
 HEADER_SIZE = HEADER.size
@@ -51,6 +53,19 @@ class FrameTooLarge(FrameError):
         super().__init__(f"frame of {length} bytes exceeds the limit of {limit}")
         self.length = length
         self.limit = limit
+
+
+class FrameTimeout(FrameError):
+    """The peer was too slow: ``kind`` says which deadline passed.
+
+    "first": no complete frame since connecting; "frame": a frame was begun
+    but not finished in time; "idle": nothing at all for too long.
+    """
+
+    def __init__(self, kind: str, seconds: float) -> None:
+        super().__init__(f"{kind} timeout after {seconds:g} s")
+        self.kind = kind
+        self.seconds = seconds
 
 
 class InvalidUtf8(FrameError):
@@ -123,25 +138,93 @@ class FrameDecoder:
 
 
 class FrameReader:
-    """Blocking frame reader over a socket (or anything with ``recv``)."""
+    """Blocking frame reader over a socket (or anything with ``recv``).
 
-    def __init__(self, sock, max_frame: int = MAX_FRAME) -> None:
+    The optional deadlines (seconds; None or 0 = none) bound how long a peer
+    may hold the reading thread: ``first_frame_timeout`` from construction
+    until the first whole frame, ``frame_timeout`` from a frame's first byte
+    to its last, ``idle_timeout`` between frames.  They are enforced with the
+    kernel's receive timeout (SO_RCVTIMEO) so that another thread may keep
+    sending on the same socket under its own send timeout.
+    """
+
+    def __init__(
+        self,
+        sock,
+        max_frame: int = MAX_FRAME,
+        *,
+        first_frame_timeout: float | None = None,
+        frame_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        clock=time.monotonic,
+    ) -> None:
         self.sock = sock
         self.decoder = FrameDecoder(max_frame)
+        self.frames_read = 0
+        self._clock = clock
+        self._first_frame_timeout = first_frame_timeout or 0
+        self._frame_timeout = frame_timeout or 0
+        self._idle_timeout = idle_timeout or 0
+        self._timed = bool(self._first_frame_timeout or self._frame_timeout or self._idle_timeout)
+        self._started = self._last_recv = clock()
+        self._frame_started: float | None = None
+        self._armed = 0.0
 
     def read(self) -> str | None:
         """Return the next frame's text, or None at a clean end of stream.
 
         Loops over short reads, so a frame split over many TCP segments and
-        many frames in one segment both decode; raises :class:`FrameError`.
+        many frames in one segment both decode; raises :class:`FrameError`
+        (:class:`FrameTimeout` when a deadline passes).
         """
         decoder = self.decoder
         while True:
             frame = decoder.next_frame()
             if frame is not None:
+                self.frames_read += 1
+                self._frame_started = None
                 return frame
-            data = self.sock.recv(RECV_SIZE)
+            if not self._timed:
+                data = self.sock.recv(RECV_SIZE)
+            else:
+                kind, limit, remaining = self._deadline()
+                if remaining <= 0:
+                    raise FrameTimeout(kind, limit)
+                self._arm(remaining if limit else 0)
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except (BlockingIOError, TimeoutError):
+                    raise FrameTimeout(kind, limit) from None
             if not data:
                 decoder.end_of_stream()
                 return None
+            if self._timed:
+                self._last_recv = self._clock()
             decoder.feed(data)
+
+    def _deadline(self) -> tuple[str, float, float]:
+        """(which deadline applies, its length, seconds left) for the next recv."""
+        now = self._clock()
+        if self.decoder.in_frame and self._frame_timeout:
+            if self._frame_started is None:
+                # Everything before it was whole frames: this one began with the last recv.
+                self._frame_started = self._last_recv
+            limit = self._frame_timeout
+            remaining = min(limit - (now - self._frame_started), self._first_left(now))
+            return ("frame", limit, remaining)
+        if self.frames_read == 0 and self._first_frame_timeout:
+            return ("first", self._first_frame_timeout, self._first_left(now))
+        return ("idle", self._idle_timeout, self._idle_timeout or float("inf"))
+
+    def _first_left(self, now: float) -> float:
+        if self.frames_read or not self._first_frame_timeout:
+            return float("inf")
+        return self._first_frame_timeout - (now - self._started)
+
+    def _arm(self, seconds: float) -> None:
+        if seconds == self._armed:
+            return
+        self._armed = seconds
+        whole = int(seconds)
+        micro = max(int((seconds - whole) * 1_000_000), 1 if seconds else 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))

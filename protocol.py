@@ -128,6 +128,30 @@ TEXTS: dict[str, dict[str, str]] = {
     "who": {"zh": "在线用户({count}): {names}", "en": "Online ({count}): {names}"},
     "no_such_user": {"zh": "用户 < {name} > 不存在", "en": "There is no user < {name} >"},
     "server_error": {"zh": "服务器内部错误,请稍后再试", "en": "Server error, please try again later"},
+    "bus_lost": {
+        "zh": "服务器与消息总线的连接中断,你可能错过了消息,请重新连接",
+        "en": "The server lost its link to the message bus; you may have missed messages, please reconnect",
+    },
+    "timeout_first": {
+        "zh": "{seconds}秒内未收到任何信息,连接关闭",
+        "en": "Nothing received within {seconds} s of connecting; closing",
+    },
+    "timeout_frame": {
+        "zh": "一条信息未在{seconds}秒内传完,连接关闭",
+        "en": "A message took longer than {seconds} s to arrive; closing",
+    },
+    "timeout_idle": {"zh": "空闲超过{seconds}秒,连接关闭", "en": "Idle for more than {seconds} s; closing"},
+    "flood_warning": {
+        "zh": "发言过快(每秒最多{rate}条),该信息未发送",
+        "en": "You are sending too fast (at most {rate} messages a second): message not sent",
+    },
+    "flood_disconnect": {"zh": "持续刷屏,连接关闭", "en": "Still flooding: disconnecting"},
+    "server_full": {"zh": "服务器已满,请稍后再试", "en": "The server is full, please try again later"},
+    "too_many_from_ip": {
+        "zh": "来自你的地址的连接过多",
+        "en": "Too many connections from your address",
+    },
+    "server_busy": {"zh": "服务器资源不足,请稍后再试", "en": "The server is out of resources, please try again later"},
     "server_shutdown": {"zh": "服务器即将关闭", "en": "The server is shutting down"},
     "bad_utf8": {"zh": "信息不是有效的UTF-8编码", "en": "Message is not valid UTF-8"},
     "too_long": {"zh": "信息过长,最多{limit}字节", "en": "Message too long: at most {limit} bytes"},
@@ -174,6 +198,58 @@ TEXTS: dict[str, dict[str, str]] = {
     "invalid_message": {"zh": "无效的消息格式", "en": "Unparseable message"},
     "disconnected": {"zh": "服务器连接已断开 ", "en": "The server closed the connection"},
     "quit_ok": {"zh": "退出成功", "en": "Bye"},
+    # Client texts this port adds (slash commands, private messages, history, reconnecting).
+    "banner_slash": {
+        "zh": " 也可用: /help /msg 名字 内容 /who /nick 名字 /top /quit",
+        "en": " Also: /help  /msg NAME TEXT  /who  /nick NAME  /top  /quit",
+    },
+    "help": {
+        "zh": (
+            "指令(不区分大小写):\n"
+            "  /help                 本帮助\n"
+            "  /msg 名字 内容        私聊\n"
+            "  /who                  在线用户列表\n"
+            "  /online               在线用户数量    (./cd3 或 ./online)\n"
+            "  /top                  活跃排行        (./cd4 或 ./activity)\n"
+            "  /nick 名字            更改昵称        (./cd2 或 ./changeName)\n"
+            "  /quit                 退出聊天室      (./cd5 或 ./quit)\n"
+            "  ./cd1 或 ./menu       服务器的功能菜单\n"
+            "  //内容                发送以 / 开头的内容"
+        ),
+        "en": (
+            "Commands (case-insensitive):\n"
+            "  /help                 this help\n"
+            "  /msg NAME TEXT        a private message to NAME\n"
+            "  /who                  who is online\n"
+            "  /online               how many users are online  (./cd3 or ./online)\n"
+            "  /top                  activity ranking           (./cd4 or ./activity)\n"
+            "  /nick NAME            change your nickname       (./cd2 or ./changeName)\n"
+            "  /quit                 leave the chat room        (./cd5 or ./quit)\n"
+            "  ./cd1 or ./menu       the server's menu\n"
+            "  //TEXT                send a text that starts with /"
+        ),
+    },
+    "unknown_command": {
+        "zh": "未知指令 {command}, 输入 /help 查看指令",
+        "en": "Unknown command {command}; /help lists the commands",
+    },
+    "usage_msg": {"zh": "用法: /msg 名字 内容", "en": "Usage: /msg NAME TEXT"},
+    "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
+    "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
+    "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},
+    "history_mark": {"zh": "(历史) ", "en": "(history) "},
+    "offline": {"zh": "(离线) ", "en": "(offline) "},
+    "reconnect_wait": {
+        "zh": "{delay:g}秒后重新连接(第{attempt}次)...",
+        "en": "Reconnecting in {delay:g} s (attempt {attempt})...",
+    },
+    "reconnect_failed": {"zh": "重新连接失败: {error}", "en": "Could not reconnect: {error}"},
+    "reconnected": {"zh": "已重新连接服务器", "en": "Reconnected to the server"},
+    "reclaim_refused": {"zh": "无法取回昵称 < {name} >", "en": "Could not take the name < {name} > back"},
+    "held_offline": {
+        "zh": "未连接: 重新连接后发送",
+        "en": "Not connected: this will be sent once reconnected",
+    },
     # How the client frames what it prints.  The zh forms are what the Go
     # client's Println produces, spaces included.
     "stamp": {"zh": "【  {time}  】", "en": "[{time}] "},

@@ -32,6 +32,7 @@ Where this differs from the original, a comment says what the original did.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 import redis
 
 import protocol as p
-from framing import MAX_FRAME, FrameError, FrameReader, InvalidUtf8, encode_bytes
+from framing import MAX_FRAME, FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
 logger = logging.getLogger("chatroom.server")
 
@@ -69,6 +70,19 @@ class Config:
     close_timeout: float = 5.0
     #: Public messages kept for newcomers (0 = no history).
     history: int = 50
+    #: Seconds from connecting to the first whole frame (0 = no limit).
+    login_timeout: float = 30.0
+    #: Seconds from a frame's first byte to its last (0 = no limit).
+    frame_timeout: float = 10.0
+    #: Seconds of silence before a client is dropped (0 = never).
+    idle_timeout: float = 600.0
+    #: Messages per second a client may send on average (0 = no limit) ...
+    rate_limit: float = 10.0
+    #: ... and in one burst.  Past it messages are refused; a client that keeps
+    #: flooding (2 x burst refusals in a row) is disconnected.
+    rate_burst: int = 20
+    #: Concurrent connections from one IP address (0 = no limit).
+    max_per_ip: int = 64
 
 
 class Keys:
@@ -91,13 +105,43 @@ class Keys:
 
 QUIT = object()  # message_processing's answer when the user asked to leave
 
+#: Largest single socket write: whole frames only, within the Go client's 4096-byte read buffer.
+WRITE_LIMIT = 4096
+#: Most pub/sub messages a listener takes from its buffer per wake-up.
+DRAIN_LIMIT = 256
+
+
+class TokenBucket:
+    """Flood control: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self.tokens = float(self.burst)
+        self.clock = clock
+        self.updated = clock()
+
+    def take(self) -> bool:
+        """Spend one token if there is one; False means: over the limit."""
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
 
 class Connection:
     """One chat client: its socket, its identity and its send lock."""
 
-    def __init__(self, sock: socket.socket, address: tuple) -> None:
+    def __init__(self, sock: socket.socket, address: tuple, bucket: TokenBucket | None = None) -> None:
         self.sock = sock
         self.address = address
+        self.bucket = bucket or TokenBucket(0, 1)
+        self.refused_in_a_row = 0
         self.id = ""
         self.name = ""
         self.name_key = ""
@@ -111,18 +155,35 @@ class Connection:
         return f"<Connection {self.id or '?'} {self.name!r} {self.address[0]}:{self.address[1]}>"
 
     def send_payload(self, payload: bytes) -> bool:
-        """Send one server payload as one frame; False once the client is gone.
+        """Send one server payload as one frame; False once the client is gone."""
+        return self.send_payloads((payload,))
 
-        Every server payload ends with "\\n", as the original's do.  A failed
-        or timed-out send closes the socket, which wakes the reader thread so
-        that the whole connection is cleaned up.
+    def send_payloads(self, payloads) -> bool:
+        """Send server payloads, each as one frame; False once the client is gone.
+
+        Every server payload ends with "\\n", as the original's do.  Frames
+        are joined into writes of at most WRITE_LIMIT bytes, each made of whole
+        frames: the Go client can only decode a frame that lies inside one
+        4096-byte read.  A failed or timed-out send (a client that stopped
+        reading) closes the socket, which wakes the reader thread so that the
+        whole connection is cleaned up.
         """
-        frame = encode_bytes(payload + b"\n")
+        writes, chunk, size = [], [], 0
+        for payload in payloads:
+            frame = encode_bytes(payload + b"\n")
+            if chunk and size + len(frame) > WRITE_LIMIT:
+                writes.append(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(frame)
+            size += len(frame)
+        if chunk:
+            writes.append(b"".join(chunk))
         with self.send_lock:
             if not self.alive:
                 return False
             try:
-                self.sock.sendall(frame)
+                for data in writes:
+                    self.sock.sendall(data)
                 return True
             except OSError as exc:
                 logger.info("%r: send failed (%s); dropping the client", self, exc)
@@ -157,6 +218,12 @@ class ChatServer:
         self._accept_thread: threading.Thread | None = None
         self._shutting_down = threading.Event()
         self._stopped = threading.Event()
+        self._per_ip: dict[str, int] = {}
+        #: Connections admitted and since released, ever (tests await it).
+        self.released = 0
+        # Kept open so that, out of file descriptors, one can be freed to
+        # accept a connection and refuse it politely instead of spinning.
+        self._spare_fd: int | None = None
 
     # --- lifecycle (Go: init, main) -----------------------------------------
 
@@ -191,6 +258,11 @@ class ChatServer:
         with self._connections_lock:
             return self._connections_lock.wait_for(lambda: len(self.connections) <= count, timeout)
 
+    def wait_for_released(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` connections in all have been released; False on timeout."""
+        with self._connections_lock:
+            return self._connections_lock.wait_for(lambda: self.released >= count, timeout)
+
     def start(self) -> None:
         """Bind, then accept connections in a background thread."""
         self.bind()
@@ -202,23 +274,82 @@ class ChatServer:
         if self._listener is None:
             self.bind()
         listener = self._listener
+        self._spare_fd = os.open(os.devnull, os.O_RDONLY)
         while not self._shutting_down.is_set():
             try:
                 sock, address = listener.accept()
             except OSError as exc:
                 if self._shutting_down.is_set():
                     break
-                logger.warning("accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_out_of_files(listener)
+                else:
+                    logger.warning("accept failed: %s", exc)
                 continue
-            conn = Connection(sock, address)
-            thread = threading.Thread(target=self.handle_connection, args=(conn,), daemon=True)
-            # Registered before start(), so a shutdown racing with this accept
-            # still sees, and waits for, the new connection.
-            conn.threads.append(thread)
-            with self._connections_lock:
-                self.connections.add(conn)
-            thread.start()
+            self.admit(sock, address)
+        os.close(self._spare_fd)
         self._stopped.wait()
+
+    def admit(self, sock: socket.socket, address: tuple) -> None:
+        """Start serving an accepted socket, or refuse it with a reason."""
+        config = self.config
+        ip = address[0]
+        with self._connections_lock:
+            if len(self.connections) >= config.max_clients:
+                refusal = "server_full"
+            elif config.max_per_ip and self._per_ip.get(ip, 0) >= config.max_per_ip:
+                refusal = "too_many_from_ip"
+            else:
+                refusal = None
+                conn = Connection(sock, address, TokenBucket(config.rate_limit, config.rate_burst))
+                thread = threading.Thread(target=self.handle_connection, args=(conn,), daemon=True)
+                # Registered before start(), so a shutdown racing with this
+                # accept still sees, and waits for, the new connection.
+                conn.threads.append(thread)
+                self.connections.add(conn)
+                self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if refusal is not None:
+            logger.warning("refusing %s:%d: %s", ip, address[1], refusal)
+            self.refuse(sock, refusal)
+            return
+        try:
+            thread.start()
+        except RuntimeError as exc:  # out of threads
+            logger.error("cannot start a thread for %s:%d: %s", ip, address[1], exc)
+            self._forget(conn)
+            self.refuse(sock, "server_busy")
+
+    def refuse(self, sock: socket.socket, reason: str) -> None:
+        """Send one system message to a connection we will not serve, and close it."""
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(encode_bytes(self.system_payload(p.INDIVIDUAL, "", self.text(reason)) + b"\n"))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _refuse_out_of_files(self, listener: socket.socket) -> None:
+        logger.error("out of file descriptors: refusing a connection")
+        os.close(self._spare_fd)
+        try:
+            sock, _ = listener.accept()
+            self.refuse(sock, "server_busy")
+        except OSError:
+            pass
+        finally:
+            self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+
+    def _forget(self, conn: Connection) -> None:
+        with self._connections_lock:
+            if conn in self.connections:
+                self.connections.discard(conn)
+                ip = conn.address[0]
+                self._per_ip[ip] -= 1
+                if not self._per_ip[ip]:
+                    del self._per_ip[ip]
+                self.released += 1
+            self._connections_lock.notify_all()
 
     def shutdown(self) -> None:
         """Stop accepting, tell every user, remove them, wait for their threads."""
@@ -292,9 +423,7 @@ class ChatServer:
         for sub in conn.subscriptions:
             sub.close()
         conn.sock.close()
-        with self._connections_lock:
-            self.connections.discard(conn)
-            self._connections_lock.notify_all()
+        self._forget(conn)
         logger.debug("%r: released", conn)
 
     def user_add(self, conn: Connection) -> None:
@@ -356,13 +485,40 @@ class ChatServer:
         self._forward(conn, sub, "personal")
 
     def _forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
+        """Drain one subscription into the socket until unsubscribed or broken.
+
+        Once woken, the listener takes every message already buffered on its
+        pub/sub connection (``can_read(0)`` only says whether a reply has
+        started; the blocking read that follows waits for the rest of it, so
+        a partial reply is never mistaken for an error) and sends them
+        together: one wake-up and one send for many deliveries.
+
+        The replies are read from the connection directly rather than through
+        ``PubSub.listen()``, whose retry would silently reconnect and
+        resubscribe after Redis dropped the connection, losing messages in
+        between.  Redis drops a subscriber whose output buffer passes
+        ``client-output-buffer-limit pubsub``; the user is told and
+        disconnected instead of being left with gaps.
+        """
+        redis_conn = sub.connection
         try:
-            for message in sub.listen():
-                if message["type"] == "message" and not conn.send_payload(message["data"]):
+            while sub.subscribed:
+                payloads = []
+                response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+                while True:
+                    if response[0] == b"message":
+                        payloads.append(response[2])
+                    else:  # (un)subscribe confirmations keep sub.subscribed true
+                        sub.handle_message(response)
+                    if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
+                        break
+                    response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+                if payloads and not conn.send_payloads(payloads):
                     break
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (redis.RedisError, OSError) as exc:
             if conn.alive:
                 logger.error("%r: %s subscription lost (%s); dropping the client", conn, kind, exc)
+                conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
                 conn.shutdown_socket()
         logger.debug("%r: %s listener ended", conn, kind)
 
@@ -370,7 +526,14 @@ class ChatServer:
 
     def read_client(self, conn: Connection) -> None:
         """Read frames and handle each in order until the client leaves."""
-        reader = FrameReader(conn.sock, self.config.max_frame)
+        config = self.config
+        reader = FrameReader(
+            conn.sock,
+            config.max_frame,
+            first_frame_timeout=config.login_timeout,
+            frame_timeout=config.frame_timeout,
+            idle_timeout=config.idle_timeout,
+        )
         while True:
             try:
                 msg = reader.read()
@@ -378,6 +541,10 @@ class ChatServer:
                 logger.info("%r: %s", conn, exc)
                 self.reply_system(conn, self.text("bad_utf8"))
                 continue
+            except FrameTimeout as exc:
+                logger.info("%r: %s; closing the connection", conn, exc)
+                self.reply_system(conn, self.text(f"timeout_{exc.kind}", seconds=f"{exc.seconds:g}"))
+                return
             except FrameError as exc:
                 # Original: a negative length panicked the whole server process.
                 logger.warning("%r: %s; closing the connection", conn, exc)
@@ -390,8 +557,25 @@ class ChatServer:
             if not msg:
                 continue
             logger.debug("%r: received %r", conn, msg)
+            if not conn.bucket.take():
+                if self.refuse_flood(conn):
+                    continue
+                return
+            conn.refused_in_a_row = 0
             if self.write_to_redis(conn, msg) is QUIT:
                 return
+
+    def refuse_flood(self, conn: Connection) -> bool:
+        """Refuse a message over the rate limit; False: disconnect the flooder."""
+        conn.refused_in_a_row += 1
+        if conn.refused_in_a_row >= 2 * conn.bucket.burst:
+            logger.warning("%r: still flooding after %d refusals; disconnecting", conn, conn.refused_in_a_row)
+            self.reply_system(conn, self.text("flood_disconnect"))
+            return False
+        if conn.refused_in_a_row == 1:
+            logger.info("%r: over the rate limit", conn)
+            self.reply_system(conn, self.text("flood_warning", rate=f"{conn.bucket.rate:g}"))
+        return True
 
     def write_to_redis(self, conn: Connection, msg: str) -> object:
         """Handle one message as its own sender's.
@@ -496,6 +680,10 @@ class ChatServer:
             for rank, (name, count) in enumerate(self.top_active_users(), start=1):
                 activity += self.text("activity_line", rank=rank, name=name, count=count)
             self.reply_system(conn, activity, target_type=p.CHANNEL, target=p.BROADCAST)
+        elif mark != "":
+            # Original: any other mark was chat; the Go client sends none.
+            logger.info("%r: unknown channel mark %r", conn, mark)
+            self.reply_system(conn, self.text("bad_format"))
         else:
             payload = p.join_message(p.CHANNEL, p.BROADCAST, conn.name, message)
             if self.fits(payload):
@@ -626,6 +814,21 @@ class ChatServer:
         conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("too_long", limit=limit)))
 
 
+def raise_open_file_limit() -> None:
+    """Every chat user costs a socket and two Redis connections: take all the host allows."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            logger.info("open-file limit raised from %d to %d", soft, hard)
+    except (ImportError, ValueError, OSError) as exc:
+        logger.warning("could not raise the open-file limit: %s", exc)
+
+
 def set_send_timeout(sock: socket.socket, seconds: float) -> None:
     """Bound blocking sends only (SO_SNDTIMEO), leaving reads to block freely."""
     if seconds and seconds > 0:
@@ -672,9 +875,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--key-prefix", default=env.get("CHATROOM_KEY_PREFIX", "chatroom:"))
     parser.add_argument("--lang", choices=p.LANGUAGES, default=env.get("CHATROOM_LANG", "en"))
     parser.add_argument("--max-frame", type=int, default=MAX_FRAME, help="largest frame payload in bytes")
-    parser.add_argument("--max-clients", type=int, default=4000)
+    limits_help = "concurrent connections (sizes the Redis pool)"
+    parser.add_argument("--max-clients", type=int, default=4000, help=limits_help)
     parser.add_argument("--send-timeout", type=float, default=10.0, help="seconds; drops clients that stop reading")
     parser.add_argument("--history", type=int, default=50, help="public messages kept for newcomers; 0: none")
+    limits = parser.add_argument_group("limits (0 turns a limit off)")
+    limits.add_argument("--login-timeout", type=float, default=30.0, help="seconds to the first whole frame")
+    limits.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to finish a begun frame")
+    limits.add_argument("--idle-timeout", type=float, default=600.0, help="seconds of silence before a drop")
+    limits.add_argument("--rate-limit", type=float, default=10.0, metavar="MSGS_PER_S", help="messages a second")
+    limits.add_argument("--rate-burst", type=int, default=20, metavar="N", help="messages in one burst")
+    limits.add_argument("--max-per-ip", type=int, default=64, help="concurrent connections from one address")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
@@ -689,12 +900,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_clients=args.max_clients,
         send_timeout=args.send_timeout,
         history=args.history,
+        login_timeout=args.login_timeout,
+        frame_timeout=args.frame_timeout,
+        idle_timeout=args.idle_timeout,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_per_ip=args.max_per_ip,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
     config = parse_args(argv)
+    raise_open_file_limit()
     server = ChatServer(config)
     try:
         server.bind()

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,22 @@ from server import ChatServer, Config
 
 REDIS_SERVER = shutil.which("redis-server")
 _prefixes = itertools.count()
+
+
+def threads_back_to(baseline: set[threading.Thread], timeout: float = 10.0) -> list[threading.Thread]:
+    """Join every thread started since ``baseline``; return those still alive.
+
+    A connection's last thread says it is done just before it returns, so
+    counting threads right after the server reports no connections can still
+    see it: join instead.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - baseline:
+        try:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        except RuntimeError:  # not started yet: reported as alive below
+            pass
+    return [t for t in set(threading.enumerate()) - baseline if t.is_alive()]
 
 
 def free_port() -> int:
@@ -105,7 +122,8 @@ def make_server(redis_client):
     servers = []
 
     def start(**overrides) -> ChatServer:
-        options = {"port": 0, "key_prefix": f"test{next(_prefixes)}:", "close_timeout": 5.0}
+        # Tests send faster than a person: flood control is on only where a test turns it on.
+        options = {"port": 0, "key_prefix": f"test{next(_prefixes)}:", "close_timeout": 5.0, "rate_limit": 0}
         options.update(overrides)
         server = ChatServer(Config(**options), redis_client)
         server.start()

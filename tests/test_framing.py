@@ -15,6 +15,7 @@ from framing import (
     FrameDecoder,
     FrameError,
     FrameReader,
+    FrameTimeout,
     FrameTooLarge,
     InvalidUtf8,
     NegativeLength,
@@ -163,3 +164,36 @@ def test_the_socket_reader_reports_a_truncated_frame():
         left.shutdown(socket.SHUT_WR)
         with pytest.raises(TruncatedFrame):
             FrameReader(right).read()
+
+
+# --- deadlines (FrameReader over a real socket pair) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "sent, options, kind",
+    [
+        (b"", {"first_frame_timeout": 0.2}, "first"),
+        (encode("ok") + b"\x05\x00", {"frame_timeout": 0.2}, "frame"),
+        (encode("ok"), {"idle_timeout": 0.2}, "idle"),
+    ],
+)
+def test_each_deadline_raises_a_frame_timeout_that_names_it(sent, options, kind):
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(sent)
+        reader = FrameReader(right, **options)
+        if sent.startswith(encode("ok")):
+            assert reader.read() == "ok"
+        with pytest.raises(FrameTimeout) as info:
+            reader.read()
+    assert info.value.kind == kind and info.value.seconds == 0.2
+
+
+def test_the_first_frame_deadline_is_not_reset_by_partial_data():
+    clock = iter([0.0, 0.0, 5.0, 31.0]).__next__
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(b"\x09\x00")
+        reader = FrameReader(right, first_frame_timeout=30, frame_timeout=100, clock=clock)
+        with pytest.raises(FrameTimeout):
+            reader.read()

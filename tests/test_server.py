@@ -13,7 +13,7 @@ import time
 
 import pytest
 import redis
-from conftest import ROOT, RawClient
+from conftest import ROOT, RawClient, threads_back_to
 
 from framing import encode
 
@@ -310,11 +310,18 @@ def test_an_unnamed_user_leaving_is_announced_by_its_guest_name(connect):
     bob.expect(LEFT.format(guest))
 
 
-def test_channel_messages_with_other_targets_and_marks_are_chat(connect):
+def test_channel_messages_with_other_targets_are_chat_in_the_one_room(connect):
     alice = connect()
     alice.login("alice")
-    alice.send("channel:elsewhere:whatever:text")
+    alice.send("channel:elsewhere::text")
     assert alice.expect(chat_from("alice")) == "channel:channel1:alice:text\n"
+
+
+def test_an_unknown_channel_mark_gets_a_format_error(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("channel:channel1:whatever:text")
+    assert alice.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:Bad message format\n"
 
 
 # --- bad input ---------------------------------------------------------------
@@ -473,7 +480,7 @@ def redis_connections_held(redis_kind, redis_client):
 
 
 def test_leaving_releases_every_thread_and_redis_connection(connect, chat_server, redis_kind, redis_client):
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     redis_before = redis_connections_held(redis_kind, redis_client)
     for i in range(100):
         client = connect()
@@ -483,13 +490,13 @@ def test_leaving_releases_every_thread_and_redis_connection(connect, chat_server
         client.login(f"r{i}")
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # a reset, not a goodbye
-    assert chat_server.wait_for_connections(0, 20)
-    assert threading.active_count() == threads_before
+    assert chat_server.wait_for_released(200, 20)
+    assert threads_back_to(threads_before) == []
     assert redis_connections_held(redis_kind, redis_client) == redis_before
 
 
 def test_shutdown_tells_users_removes_them_and_ends_every_thread(make_server, redis_client):
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     server = make_server()
     clients = [RawClient(server.port) for _ in range(3)]
     try:
@@ -502,7 +509,7 @@ def test_shutdown_tells_users_removes_them_and_ends_every_thread(make_server, re
     finally:
         for client in clients:
             client.close()
-    assert threading.active_count() == threads_before
+    assert threads_back_to(threads_before) == []
     assert redis_client.hlen(server.keys.users_online) == 0
     assert redis_client.hlen(server.keys.users_by_name) == 0
 
