@@ -152,6 +152,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Too many connections from your address",
     },
     "server_busy": {"zh": "服务器资源不足,请稍后再试", "en": "The server is out of resources, please try again later"},
+    "redis_lost": {
+        "zh": "服务器与Redis的连接中断,信息暂时无法发送",
+        "en": "The server lost its connection to Redis: messages cannot be sent for now",
+    },
+    "redis_back": {"zh": "服务器与Redis的连接已恢复", "en": "The server is connected to Redis again"},
     "server_shutdown": {"zh": "服务器即将关闭", "en": "The server is shutting down"},
     "bad_utf8": {"zh": "信息不是有效的UTF-8编码", "en": "Message is not valid UTF-8"},
     "too_long": {"zh": "信息过长,最多{limit}字节", "en": "Message too long: at most {limit} bytes"},

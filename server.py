@@ -23,6 +23,9 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     activityRanking  zset    user id -> messages handled
     nextUserId       string  INCR counter: ids unique across server processes
     history          list    newest first: "<unix time>:<name>:<text>" of public chat
+    servers          set     ids of the server processes sharing this Redis
+    server:<sid>     string  heartbeat of one process, expires after --dead-after
+    serverUsers:<sid> set    user ids connected to that process
     channel1         channel broadcast
     user:<id>        channel one user's personal messages
 
@@ -83,6 +86,11 @@ class Config:
     rate_burst: int = 20
     #: Concurrent connections from one IP address (0 = no limit).
     max_per_ip: int = 64
+    #: This process's name among the servers sharing one Redis; default "<host>-<port>",
+    #: so that a process restarted in the same place cleans up after its previous run.
+    server_id: str | None = None
+    #: A server whose heartbeat is older than this is dead: a survivor removes its users.
+    dead_after: float = 15.0
 
 
 class Keys:
@@ -95,8 +103,18 @@ class Keys:
         self.activity_ranking = prefix + "activityRanking"
         self.next_user_id = prefix + "nextUserId"
         self.history = prefix + "history"
+        self.servers = prefix + "servers"
         self.broadcast = prefix + p.BROADCAST
         self._personal = prefix + "user:"
+        self._prefix = prefix
+
+    def server_alive(self, server_id: str) -> str:
+        """The heartbeat key of one server process (it expires when the process dies)."""
+        return f"{self._prefix}server:{server_id}"
+
+    def server_users(self, server_id: str) -> str:
+        """The set of user ids served by one server process."""
+        return f"{self._prefix}serverUsers:{server_id}"
 
     def personal(self, user_id: str) -> str:
         """The personal channel of one user."""
@@ -142,6 +160,10 @@ class Connection:
         self.address = address
         self.bucket = bucket or TokenBucket(0, 1)
         self.refused_in_a_row = 0
+        #: Messages handled, kept here too, to re-register the user if Redis loses its data.
+        self.activity = 0
+        #: Set when the client is gone; wakes a listener waiting for Redis to come back.
+        self.gone = threading.Event()
         self.id = ""
         self.name = ""
         self.name_key = ""
@@ -221,6 +243,14 @@ class ChatServer:
         self._per_ip: dict[str, int] = {}
         #: Connections admitted and since released, ever (tests await it).
         self.released = 0
+        self.server_id = config.server_id or ""
+        self.redis_run_id: str | None = None
+        self._redis_down = False
+        self._resubscribing = 0  # listeners waiting for Redis to come back
+        self._redis_state_lock = threading.Lock()
+        self._reconcile_needed = threading.Event()
+        self._wake_heartbeat = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
@@ -228,19 +258,28 @@ class ChatServer:
     # --- lifecycle (Go: init, main) -----------------------------------------
 
     def init(self) -> None:
-        """Forget the users of a previous run, as the original's ``init()``.
+        """Join the servers on this Redis, after cleaning up our own previous run.
 
-        Only safe while this is the one server on this Redis and prefix.
+        Original: deleted every user, name and score at start, which is right
+        for one process and wipes the users of every other process sharing the
+        Redis.  Here only the users a previous run of this same server id left
+        behind are removed (and announced as gone); those of a dead process of
+        another id are removed by the survivors' heartbeats.
         """
-        keys = self.keys
-        self.rdb.delete(keys.users_name, keys.users_by_name, keys.users_online, keys.activity_ranking)
+        self.redis_run_id = self.current_run_id()
+        self.cleanup_server(self.server_id)
+        self.heartbeat()
 
     def bind(self) -> None:
-        """Clear old state and open the listening socket."""
-        self.init()
+        """Open the listening socket, register with Redis, start the heartbeat."""
         listener = socket.create_server((self.config.host, self.config.port), backlog=1024)
         self._listener = listener
-        logger.info("listening on %s:%d", *self.address)
+        if not self.server_id:
+            self.server_id = f"{socket.gethostname()}-{self.port}"
+        self.init()
+        self._heartbeat_thread = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        logger.info("server %s listening on %s:%d", self.server_id, *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -373,6 +412,10 @@ class ChatServer:
         for conn in connections:
             for thread in conn.threads[:1]:
                 thread.join(self.config.close_timeout)
+        self._wake_heartbeat.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(self.config.close_timeout)
+        self.unregister()
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
@@ -405,6 +448,7 @@ class ChatServer:
         # Not under the send lock: a listener may hold it in a blocked send,
         # which the socket shutdown below wakes.
         conn.alive = False
+        conn.gone.set()
         conn.shutdown_socket()
         if conn.added:
             try:
@@ -443,6 +487,7 @@ class ChatServer:
         pipe.hset(keys.users_by_name, conn.name_key, conn.id)
         pipe.hset(keys.users_online, conn.id, "online")
         pipe.zadd(keys.activity_ranking, {conn.id: 0})
+        pipe.sadd(keys.server_users(self.server_id), conn.id)
         pipe.execute()
         conn.added = True
         logger.info("%r: connected", conn)
@@ -455,6 +500,7 @@ class ChatServer:
         pipe.hdel(keys.users_by_name, conn.name_key)
         pipe.hdel(keys.users_online, conn.id)
         pipe.zrem(keys.activity_ranking, conn.id)
+        pipe.srem(keys.server_users(self.server_id), conn.id)
         pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)))
         pipe.execute()
         conn.added = False
@@ -500,27 +546,216 @@ class ChatServer:
         ``client-output-buffer-limit pubsub``; the user is told and
         disconnected instead of being left with gaps.
         """
-        redis_conn = sub.connection
-        try:
-            while sub.subscribed:
-                payloads = []
-                response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
-                while True:
-                    if response[0] == b"message":
-                        payloads.append(response[2])
-                    else:  # (un)subscribe confirmations keep sub.subscribed true
-                        sub.handle_message(response)
-                    if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
-                        break
-                    response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
-                if payloads and not conn.send_payloads(payloads):
+        subscribed_under = self.redis_run_id
+        while conn.alive:
+            try:
+                self._drain(conn, sub)
+                break
+            except (redis.RedisError, OSError) as exc:
+                if not conn.alive:
                     break
-        except (redis.RedisError, OSError) as exc:
-            if conn.alive:
-                logger.error("%r: %s subscription lost (%s); dropping the client", conn, kind, exc)
-                conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
-                conn.shutdown_socket()
+                run_id = self.current_run_id()
+                if run_id is not None and run_id == subscribed_under:
+                    # Redis is up and unchanged: it dropped this subscriber alone.
+                    logger.error("%r: %s subscription dropped by Redis (%s); dropping the client", conn, kind, exc)
+                    conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
+                    conn.shutdown_socket()
+                    break
+                # Redis is down or restarted: keep the client, subscribe again once it is back.
+                logger.warning("%r: %s subscription lost (%s); resubscribing", conn, kind, exc)
+                with self._redis_state_lock:
+                    self._resubscribing += 1
+                self.note_redis_down()
+                try:
+                    if not self.resubscribe(conn, sub):
+                        break
+                    subscribed_under = self.current_run_id()
+                finally:
+                    with self._redis_state_lock:
+                        self._resubscribing -= 1
+                    self._wake_heartbeat.set()
         logger.debug("%r: %s listener ended", conn, kind)
+
+    def _drain(self, conn: Connection, sub: redis.client.PubSub) -> None:
+        redis_conn = sub.connection
+        while sub.subscribed:
+            payloads = []
+            response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+            while True:
+                if response[0] == b"message":
+                    payloads.append(response[2])
+                else:  # (un)subscribe confirmations keep sub.subscribed true
+                    sub.handle_message(response)
+                if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
+                    break
+                response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+            if payloads and not conn.send_payloads(payloads):
+                return
+
+    def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
+        """Reconnect a subscription, with backoff, while its client stays; False if it left."""
+        delay = 0.05
+        while conn.alive and not self._shutting_down.is_set():
+            try:
+                sub.connection.disconnect()
+                sub.connection.connect()  # redis-py's on_connect callback subscribes again
+                confirmation = sub.connection.read_response(timeout=self.config.close_timeout, push_request=True)
+                sub.handle_message(confirmation)
+                return True
+            except (redis.RedisError, OSError) as exc:
+                logger.debug("%r: Redis still unreachable: %s", conn, exc)
+                conn.gone.wait(delay)
+                delay = min(delay * 2, 1.0)
+        return False
+
+    # --- several processes on one Redis ----------------------------------------
+
+    def current_run_id(self) -> str | None:
+        """Redis's run id (it changes when Redis restarts), or None if unreachable."""
+        try:
+            return str(self.rdb.info("server").get("run_id", ""))
+        except (redis.RedisError, OSError):
+            return None
+
+    def heartbeat_loop(self) -> None:
+        """Every dead_after / 3 seconds: heartbeat, reconcile after trouble, reap the dead."""
+        interval = self.config.dead_after / 3
+        while not self._shutting_down.is_set():
+            # While Redis is down, retry often: the users are told it is back from here.
+            self._wake_heartbeat.wait(0.2 if self._redis_down else interval)
+            self._wake_heartbeat.clear()
+            if self._shutting_down.is_set():
+                break
+            try:
+                self.heartbeat()
+                self.reap_dead_servers()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("heartbeat failed: %s", exc)
+                self.note_redis_down()
+
+    def heartbeat(self) -> None:
+        """Say this process is alive; re-register its users if Redis lost them."""
+        keys = self.keys
+        pipe = self.rdb.pipeline()
+        pipe.set(keys.server_alive(self.server_id), "alive", px=int(self.config.dead_after * 1000))
+        pipe.sadd(keys.servers, self.server_id)
+        _, added = pipe.execute()
+        # A missing registration (Redis restarted without its data, or we were
+        # taken for dead) or a past outage: make Redis agree with our sockets.
+        if (added and self.redis_run_id is not None) or self._reconcile_needed.is_set():
+            self._reconcile_needed.clear()
+            self.reconcile()
+        self.redis_run_id = self.current_run_id()
+        with self._redis_state_lock:
+            listeners_back = self._resubscribing == 0
+        if listeners_back:
+            self.note_redis_up()
+
+    def reconcile(self) -> None:
+        """Register every local user Redis does not know, remove every one it wrongly keeps."""
+        keys = self.keys
+        registered = {uid.decode() for uid in self.rdb.smembers(keys.server_users(self.server_id))}
+        with self._connections_lock:
+            local = {conn.id: conn for conn in self.connections if conn.added}
+        for user_id in registered - local.keys():
+            self.remove_user_record(user_id, self.server_id)
+        top = int(self.rdb.get(keys.next_user_id) or 0)
+        highest = max((int(uid) for uid in local), default=0)
+        if top < highest:  # Redis lost the counter: never hand out a live id again
+            self.rdb.incrby(keys.next_user_id, highest - top)
+        for conn in local.values():
+            claimed = self.rdb.hsetnx(keys.users_by_name, conn.name_key, conn.id)
+            if not claimed and self.get_users_channel(conn.name) != conn.id:
+                # Someone took the name while Redis forgot ours: back to a guest
+                # name, which the client learns as after a rename.
+                conn.name = f"guest-{conn.id}"
+                conn.name_key = p.name_key(conn.name)
+                self.rdb.hset(keys.users_by_name, conn.name_key, conn.id)
+                self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.CHANGE_NAME_OK, conn.name))
+            pipe = self.rdb.pipeline()
+            pipe.hset(keys.users_name, conn.id, conn.name)
+            pipe.hset(keys.users_online, conn.id, "online")
+            pipe.zadd(keys.activity_ranking, {conn.id: conn.activity}, gt=True)
+            pipe.sadd(keys.server_users(self.server_id), conn.id)
+            pipe.execute()
+        logger.info("reconciled %d local users with Redis", len(local))
+
+    def reap_dead_servers(self) -> None:
+        """Remove the users of every server process whose heartbeat expired.
+
+        SREM decides which survivor does it, so each user is announced once.
+        """
+        keys = self.keys
+        others = [sid.decode() for sid in self.rdb.smembers(keys.servers) if sid.decode() != self.server_id]
+        if not others:
+            return
+        pipe = self.rdb.pipeline(transaction=False)
+        for server_id in others:
+            pipe.exists(keys.server_alive(server_id))
+        for server_id, alive in zip(others, pipe.execute()):
+            if not alive and self.rdb.srem(keys.servers, server_id):
+                logger.warning("server %s is dead: removing its users", server_id)
+                self.cleanup_server(server_id)
+
+    def cleanup_server(self, server_id: str) -> None:
+        """Remove and announce every user a (dead or previous) process left behind."""
+        for user_id in self.rdb.smembers(self.keys.server_users(server_id)):
+            self.remove_user_record(user_id.decode(), server_id)
+        self.rdb.delete(self.keys.server_users(server_id))
+
+    def remove_user_record(self, user_id: str, server_id: str) -> None:
+        """Forget a user that is not connected here, and announce that it left."""
+        keys = self.keys
+        name = self.rdb.hget(keys.users_name, user_id)
+        pipe = self.rdb.pipeline()
+        pipe.hdel(keys.users_name, user_id)
+        pipe.hdel(keys.users_online, user_id)
+        pipe.zrem(keys.activity_ranking, user_id)
+        pipe.srem(keys.server_users(server_id), user_id)
+        if name is not None:
+            name = name.decode()
+            if self.get_users_channel(name) == user_id:
+                pipe.hdel(keys.users_by_name, p.name_key(name))
+            pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=name)))
+        pipe.execute()
+        logger.info("removed user %s (%s) of server %s", user_id, name, server_id)
+
+    def unregister(self) -> None:
+        """Leave the servers on this Redis (graceful shutdown)."""
+        keys = self.keys
+        try:
+            pipe = self.rdb.pipeline()
+            pipe.srem(keys.servers, self.server_id)
+            pipe.delete(keys.server_alive(self.server_id), keys.server_users(self.server_id))
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("could not unregister from Redis: %s", exc)
+
+    def note_redis_down(self) -> None:
+        """Tell every local user, once, that Redis is unreachable."""
+        with self._redis_state_lock:
+            if self._redis_down:
+                return
+            self._redis_down = True
+            self._reconcile_needed.set()
+        logger.error("lost the connection to Redis")
+        self._notify_all("redis_lost")
+        self._wake_heartbeat.set()
+
+    def note_redis_up(self) -> None:
+        """Tell every local user, once, that Redis is back (registered, listeners subscribed)."""
+        with self._redis_state_lock:
+            if not self._redis_down:
+                return
+            self._redis_down = False
+        logger.warning("Redis is reachable again")
+        self._notify_all("redis_back")
+
+    def _notify_all(self, key: str) -> None:
+        with self._connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text(key)))
 
     # --- reading and dispatch (Go: readClient, writeToRedis, messageProcessing)
 
@@ -707,10 +942,8 @@ class ChatServer:
             return 2, problem
         keys = self.keys
         key = p.name_key(new_name)
-        if not self.rdb.hsetnx(keys.users_by_name, key, conn.id):
-            owner = self.rdb.hget(keys.users_by_name, key)
-            if owner is None or owner.decode() != conn.id:
-                return 2, "name_taken"
+        if not self.rdb.hsetnx(keys.users_by_name, key, conn.id) and self.get_users_channel(new_name) != conn.id:
+            return 2, "name_taken"
         try:
             pipe = self.rdb.pipeline()
             pipe.hset(keys.users_name, conn.id, new_name)
@@ -777,6 +1010,7 @@ class ChatServer:
 
     def update_activity(self, conn: Connection, pipe) -> None:
         """Count one handled message for the user (queued on ``pipe``)."""
+        conn.activity += 1
         pipe.zincrby(self.keys.activity_ranking, 1, conn.id)
 
     # --- replies -------------------------------------------------------------
@@ -879,6 +1113,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--max-clients", type=int, default=4000, help=limits_help)
     parser.add_argument("--send-timeout", type=float, default=10.0, help="seconds; drops clients that stop reading")
     parser.add_argument("--history", type=int, default=50, help="public messages kept for newcomers; 0: none")
+    parser.add_argument(
+        "--server-id", default=env.get("CHATROOM_SERVER_ID"), help="this process among several (default host-port)"
+    )
+    parser.add_argument("--dead-after", type=float, default=15.0, help="seconds without heartbeat: a server is dead")
     limits = parser.add_argument_group("limits (0 turns a limit off)")
     limits.add_argument("--login-timeout", type=float, default=30.0, help="seconds to the first whole frame")
     limits.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to finish a begun frame")
@@ -906,6 +1144,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         max_per_ip=args.max_per_ip,
+        server_id=args.server_id,
+        dead_after=args.dead_after,
     )
 
 

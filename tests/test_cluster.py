@@ -1,0 +1,220 @@
+"""Several server processes on one real Redis: one room, crashes, Redis restarts and outages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
+]
+
+LOST = "individual:{}:系统消息:The server lost its connection to Redis: messages cannot be sent for now\n"
+BACK = "individual:{}:系统消息:The server is connected to Redis again\n"
+
+
+def left(name):
+    return f"channel:channel1:系统消息:User left: {name}\n"
+
+
+class ServerProcess:
+    """``python server.py`` on a free port against one Redis."""
+
+    def __init__(self, redis_url: str, *args: str) -> None:
+        self.args = [sys.executable, str(ROOT / "server.py"), "--port", "0", "--redis-url", redis_url, *args]
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.log.seek(0)
+            raise AssertionError(f"server did not start: {line}{self.log.read()}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def client(self) -> RawClient:
+        return RawClient(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def redis_proc(request, tmp_path):
+    """A redis-server of this test's own; ``indirect`` parameters add server options."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def cluster(redis_proc):
+    """Start server processes on ``redis_proc``; all stopped after the test."""
+    started = []
+
+    def start(*args: str) -> ServerProcess:
+        server = ServerProcess(redis_proc.url, "--rate-limit", "0", *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def online_count(client: RawClient, name: str) -> int:
+    client.send("channel:channel1:onlineList:")
+    answer = client.expect(lambda f: f.startswith(f"channel:channel1:{name}:Users online: "))
+    return int(answer.rsplit(" ", 1)[1])
+
+
+def test_users_on_two_processes_share_one_room(cluster):
+    a, b = cluster(), cluster()
+    alice, bob, carol = a.client(), b.client(), b.client()
+    alice.login("alice")
+    bob.login("bob")
+    alice.expect("channel:channel1:系统消息:User < bob > joined!\n")
+    carol.login("carol")
+    alice.send("channel:channel1::hello from A")
+    bob.expect("channel:channel1:alice:hello from A\n")
+    bob.send("channel:channel1::hello from B")
+    alice.expect("channel:channel1:bob:hello from B\n")
+    alice.send("individual:bob::psst")
+    bob.expect("individual:alice:private:psst\n")
+    dave = b.client()
+    dave.send("individual::changeNameFirst:ALICE")
+    dave.expect(lambda f: "changeNameFirst0:That name is taken" in f)
+    assert online_count(alice, "alice") == 4
+    bob.send("channel:channel1:activity:")
+    ranking = bob.expect(lambda f: "Activity ranking" in f)
+    assert " : alice (" in ranking and " : bob (" in ranking
+    carol.send("channel:channel1:quit:")
+    alice.expect(left("carol"))
+
+
+def test_starting_another_process_keeps_the_users_of_the_running_ones(cluster):
+    a = cluster()
+    alice = a.client()
+    alice.login("alice")
+    b = cluster()
+    bob = b.client()
+    bob.login("bob")
+    assert online_count(bob, "bob") == 2
+    alice.send("channel:channel1::still here")
+    bob.expect("channel:channel1:alice:still here\n")
+
+
+def test_a_killed_process_users_are_removed_and_announced_once(cluster):
+    a, b, c = (cluster("--dead-after", "1.5") for _ in range(3))
+    alice, bob, carol = a.client(), b.client(), c.client()
+    alice.login("alice")
+    bob.login("bob")
+    carol.login("carol")
+    a.proc.kill()
+    started = time.monotonic()
+    bob.expect(left("alice"))
+    carol.expect(left("alice"))
+    assert time.monotonic() - started < 10
+    bob.send("channel:channel1::marker")
+    bob.expect("channel:channel1:bob:marker\n")
+    carol.expect("channel:channel1:bob:marker\n")
+    assert bob.seen.count(left("alice")) == 1 and carol.seen.count(left("alice")) == 1
+    alice_again = c.client()
+    alice_again.login("alice")
+    assert online_count(bob, "bob") == 3
+
+
+def test_a_process_restarted_with_the_same_id_cleans_up_at_once(cluster):
+    a = cluster("--server-id", "a", "--dead-after", "60")
+    b = cluster()
+    alice, bob = a.client(), b.client()
+    alice.login("alice")
+    bob.login("bob")
+    a.proc.kill()
+    a.proc.wait(10)
+    started = time.monotonic()
+    a_again = cluster("--server-id", "a", "--dead-after", "60")
+    bob.expect(left("alice"))
+    assert time.monotonic() - started < 10, "not at once: the dead-after of 60 s would have done it"
+    a_again.client().login("alice")
+
+
+@pytest.mark.parametrize(
+    "redis_proc", [(), ("--appendonly", "yes")], indirect=True, ids=["without-persistence", "with-persistence"]
+)
+def test_a_redis_restart_mid_conversation_loses_no_user(redis_proc, cluster):
+    a, b = cluster(), cluster()
+    alice, bob = a.client(), b.client()
+    alice.login("alice")
+    bob.login("bob")
+    alice.send("channel:channel1::before")
+    bob.expect("channel:channel1:alice:before\n")
+    redis_proc.stop()
+    redis_proc.start()
+    for client, name in ((alice, "alice"), (bob, "bob")):
+        client.expect(LOST.format(name))
+        client.expect(BACK.format(name))
+    alice.send("channel:channel1::after")
+    bob.expect("channel:channel1:alice:after\n")
+    bob.send("channel:channel1::after too")
+    alice.expect("channel:channel1:bob:after too\n")
+    # The servers registered their users again (or kept them, with persistence).
+    assert online_count(bob, "bob") == 2
+    dave = b.client()
+    dave.send("individual::changeNameFirst:alice")
+    dave.expect(lambda f: "changeNameFirst0" in f)
+    dave.login("dave")
+    bob.send("channel:channel1:activity:")
+    ranking = bob.expect(lambda f: "Activity ranking" in f)
+    assert " : alice (" in ranking and " : bob (" in ranking and " : dave (" in ranking
+    for client in (alice, bob):
+        assert client.seen.count(LOST.format(client.seen[0].split(":")[1])) <= 1
+
+
+
+@pytest.mark.timeout(120)
+def test_redis_gone_for_ten_seconds_keeps_every_chat_client(redis_proc, cluster):
+    a = cluster()
+    alice, bob = a.client(), a.client()
+    alice.login("alice")
+    bob.login("bob")
+    redis_proc.stop()
+    alice.expect(LOST.format("alice"))
+    bob.expect(LOST.format("bob"))
+    alice.send("channel:channel1::into the void")
+    assert alice.expect(lambda f: "系统消息" in f and "alice" in f.split(":")[1]) == (
+        "individual:alice:系统消息:Server error, please try again later\n"
+    )
+    time.sleep(10)  # the outage itself is what is under test
+    redis_proc.start()
+    alice.expect(BACK.format("alice"))
+    bob.expect(BACK.format("bob"))
+    alice.send("channel:channel1::back again")
+    bob.expect("channel:channel1:alice:back again\n")
+    assert alice.seen.count(LOST.format("alice")) == 1 and bob.seen.count(BACK.format("bob")) == 1
+    assert online_count(bob, "bob") == 2
+
+
+def test_graceful_shutdown_of_one_process_leaves_the_others_undisturbed(cluster):
+    a, b = cluster(), cluster()
+    alice, bob, carol = a.client(), b.client(), b.client()
+    alice.login("alice")
+    bob.login("bob")
+    carol.login("carol")
+    a.proc.terminate()
+    assert a.proc.wait(10) == 0
+    bob.expect(left("alice"))
+    bob.send("channel:channel1::still here")
+    carol.expect("channel:channel1:bob:still here\n")
+    assert online_count(carol, "carol") == 2
+    assert bob.seen.count(left("alice")) == 1
