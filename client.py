@@ -5,22 +5,36 @@ The functions keep the names of their Go counterparts (``main``,
 the input goroutine -> :func:`input_loop`).  The threads::
 
     main thread   connect; ask_nickname until the server accepts a name;
-                  input_loop: each typed line -> one payload -> one sendall
+                  input_loop: each typed line -> one payload -> one sendall;
+                  when the server goes away: reconnect (if allowed), take
+                  the name back, go on
       ├─ read_msg    frames from the server -> parse_frame -> print; tells the
       │              main thread what it must know (name accepted or refused,
-      │              connection closed) through the Inbox
-      └─ read_stdin  the one reader of standard input: every line, then an
-                     end-of-input marker, into the same Inbox
+      │              connection closed) through the Inbox.  One per connection.
+      └─ the one reader of standard input, into the same Inbox:
+           read_stdin      (stdin is a pipe or file) every line, then an
+                           end-of-input marker: plain line mode
+           Terminal        (stdin and stdout are a terminal) a prompt_toolkit
+                           line editor on its own asyncio loop; everything
+                           printed goes through that loop too, above the
+                           prompt, so arriving messages never break the line
+                           being typed
 
 The main thread blocks only on the :class:`Inbox`, never on the socket or on
 stdin, so whichever comes first (a line, end of input, the server going away)
-wakes it.  Lines that arrive while a nickname awaits the server's answer are
-held back and replayed afterwards: on a pipe, the line after a refused
-nickname is the next nickname.
+wakes it.  Lines that arrive while a nickname awaits the server's answer, or
+while the client is reconnecting, are held back and replayed afterwards: on a
+pipe, the line after a refused nickname is the next nickname.
 
-What is decided lives in two pure functions, tested without any I/O:
-:func:`parse_frame` (a received payload -> lines to print and a state change)
-and :func:`parse_line` (a typed line -> the payload to send).
+What is decided lives in pure functions, tested without any I/O:
+:func:`parse_frame` (a received payload -> styled lines to print and a state
+change), :func:`parse_line` (a typed line -> the payload to send),
+:func:`render` (a styled line -> text, with or without ANSI colours) and
+:class:`HistoryFilter` (which replayed history lines were already shown).
+
+A styled line is a tuple of ``(style, text)`` fragments, as in prompt_toolkit;
+without colour it is simply the texts joined, so the zh rendering of the
+original message kinds stays byte for byte the Go client's.
 
 Fixed defects of the original, each also noted where it is fixed: a refused
 first nickname is asked again; stdin has one reader, so lines that arrive
@@ -33,15 +47,19 @@ the exit status says whether the user left (0) or the server went away (1).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import logging
 import os
 import queue
 import re
 import socket
+import string
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
@@ -55,14 +73,20 @@ from protocol import (
     CHANGE_NAME_FIRST_OK,
     CHANGE_NAME_OK,
     CHANNEL,
+    HISTORY,
     INDIVIDUAL,
     LANGUAGES,
     MENU,
     NAME_REFUSED,
     ONLINE_LIST,
+    PRIVATE,
+    PRIVATE_IN,
+    PRIVATE_SENT,
     QUIT,
     RENAME_FAILED,
     SYSTEM,
+    TEXTS,
+    WHO,
     join_message,
     split_message,
     text,
@@ -79,16 +103,24 @@ QUIT_TIMEOUT = 2.0
 #: decode (MAX_FRAME) on purpose: showing an oversized frame beats dropping
 #: the connection, and the stream stays in step either way.
 MAX_INCOMING = 1 << 20
+#: Reconnecting: the first wait, doubled after every failed attempt up to the last.
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 10.0
+#: A replayed history line as old as the moment the connection was lost (plus
+#: this much clock difference between server and client) may have been shown.
+HISTORY_SLACK = 5.0
 
 QUIT_PAYLOAD = join_message(CHANNEL, BROADCAST, QUIT, "")
 
 # What the main thread waits for; the kinds of Inbox items.
 LINE = "line"  # a line of input (value: the line, untrimmed)
 END_OF_INPUT = "eof"
+LEAVE = "leave"  # the user wants out now (Ctrl-C at the terminal's prompt)
 CLOSED = "closed"  # the connection is gone, for whatever reason
 ACCEPTED = "accepted"  # the first nickname was accepted
 REFUSED = "refused"  # a nickname (first or later) was refused
 SERVER_QUIT = "quit"  # the server told us to leave (individual:...:quit:)
+_INPUT = (LINE, END_OF_INPUT)
 
 
 # --- pure functions: no I/O ---------------------------------------------------
@@ -133,21 +165,107 @@ def timestamp(lang: str, now: datetime) -> str:
     return text(lang, "stamp", time=now.strftime("%H:%M"))
 
 
+# Styled text: a line is a tuple of (style, text) fragments.  Styles are
+# space-separated classes, turned into ANSI colours by render():
+#   stamp    the time in front of a line          system   system messages
+#   name     a user's name, in its own colour     me       our own name and text
+#   private  private messages                     history  history lines (dimmed)
+#   notice   what the client itself says
+Fragment = tuple[str, str]
+Line = tuple[Fragment, ...]
+#: What Session.show takes: a plain string or a styled line.
+Printable = str | Line
+
+_FORMATTER = string.Formatter()
+
+
+def styled(lang: str, key: str, style: str = "", **values: object) -> Line:
+    """:func:`protocol.text` as fragments: the template's words in ``style``.
+
+    A value given as a ``(style, text)`` pair gets a style of its own; the
+    fragments' texts joined are exactly ``text(lang, key, ...)``.
+    """
+    template = TEXTS[key].get(lang) or TEXTS[key]["en"]
+    if not values:
+        return ((style, template),)
+    fragments: list[Fragment] = []
+    for literal, field, spec, _conversion in _FORMATTER.parse(template):
+        if literal:
+            fragments.append((style, literal))
+        if field is not None:
+            value = values[field]
+            value_style, value_text = value if isinstance(value, tuple) else (style, value)
+            fragments.append((value_style, format(value_text, spec or "")))
+    return tuple(fragments)
+
+
+def plain(line: Printable) -> str:
+    """A styled line without its styles."""
+    return line if isinstance(line, str) else "".join(fragment for _, fragment in line)
+
+
+# Eight colours for names, none of them the system (yellow) or private
+# (magenta) colour.  crc32, not hash(): stable across runs and machines.
+_NAME_COLOURS = ("31", "32", "34", "36", "91", "92", "94", "96")
+_STYLE_CODES = {"stamp": "2", "system": "33", "notice": "36", "private": "35", "me": "1", "history": "2"}
+
+
+def name_colour(name: str) -> str:
+    """The SGR colour code of a name: always the same for the same name."""
+    return _NAME_COLOURS[zlib.crc32(name.encode("utf-8")) % len(_NAME_COLOURS)]
+
+
+def render(line: Printable, colour: bool) -> str:
+    """The text to print for a line: ANSI-coloured, or plain."""
+    if isinstance(line, str) or not colour:
+        return plain(line)
+    out = []
+    for style, fragment in line:
+        codes: list[str] = []
+        for cls in style.split():
+            if cls == "name":
+                codes += ["1", name_colour(fragment)]
+            elif cls in _STYLE_CODES:
+                codes.append(_STYLE_CODES[cls])
+        codes = list(dict.fromkeys(codes))  # "name me" is bold twice
+        out.append(f"\x1b[{';'.join(codes)}m{fragment}\x1b[0m" if codes and fragment else fragment)
+    return "".join(out)
+
+
+def use_colour(no_colour_option: bool, environ: Mapping[str, str], stdout_is_terminal: bool) -> bool:
+    """Colours only on a terminal, and never with ``--no-color``, ``NO_COLOR`` or ``TERM=dumb``."""
+    return (
+        stdout_is_terminal
+        and not no_colour_option
+        and not environ.get("NO_COLOR")  # https://no-color.org: set and not empty
+        and environ.get("TERM") != "dumb"
+    )
+
+
 class Incoming(NamedTuple):
     """What one received payload means for the client."""
 
-    lines: tuple[str, ...]
+    styled: tuple[Line, ...]
     #: The name the server just confirmed as ours (changeNameFirst1, changeName1).
     name: str | None = None
     #: ACCEPTED, REFUSED or SERVER_QUIT, for the main thread; None for most frames.
     event: str | None = None
+    #: (sender, text) of a public chat line, live or from history.
+    public: tuple[str, str] | None = None
+    #: For a history line: the server's unix time of the message.
+    sent_at: int | None = None
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The lines without styles: what is printed without colours."""
+        return tuple(plain(line) for line in self.styled)
 
 
 # Marks that may follow a name containing ':' (the original server's initial
 # name is the address "127.0.0.1:41510"), which shifts the 4-way split.
 _NAME_MARKS = (NAME_REFUSED, RENAME_FAILED, CHANGE_NAME_FIRST_OK, CHANGE_NAME_OK, SYSTEM)
 _SHIFTED_MARK = re.compile(":(" + "|".join(map(re.escape, _NAME_MARKS)) + "):")
-_INDIVIDUAL_MARKS = frozenset((*_NAME_MARKS, QUIT))
+_INDIVIDUAL_MARKS = frozenset((*_NAME_MARKS, QUIT, PRIVATE_IN, PRIVATE_SENT))
 
 
 def _unshift(target: str, mark: str, message: str) -> tuple[str, str, str]:
@@ -166,52 +284,136 @@ def _unshift(target: str, mark: str, message: str) -> tuple[str, str, str]:
     return rest[: match.start()], match.group(1), rest[match.end() :]
 
 
-def parse_frame(payload: str, lang: str, now: datetime) -> Incoming:
+def _stamp(lang: str, when: datetime, style: str = "stamp") -> Line:
+    return ((style, timestamp(lang, when)),)
+
+
+def _system(lang: str, key: str, stamp: Line, **values: object) -> Incoming:
+    return Incoming((stamp + styled(lang, key, "system", **values),))
+
+
+def _chat_line(lang: str, name: str, message: str, own: bool, extra: str = "") -> Line:
+    name_style = "name me" if own else "name"
+    text_style = "me" if own else ""
+    return styled(
+        lang,
+        "chat_line",
+        extra,
+        name=(f"{name_style} {extra}".strip(), name),
+        text=(f"{text_style} {extra}".strip(), message),
+    )
+
+
+def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
+    # An older day's message says which day.
+    shown = sent.strftime("%H:%M" if sent.date() == now.date() else "%m-%d %H:%M")
+    return text(lang, "stamp", time=shown)
+
+
+def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incoming:
     """Turn one payload from the server into the lines to print and the state change.
 
     Rendering follows the Go client's ``readMsg``; in ``lang="zh"`` the lines
-    are byte for byte what it prints (apart from control characters, which
-    :func:`sanitize` makes visible, and the fixes below).
+    of the original message kinds are, without styles, byte for byte what it
+    prints (apart from control characters, which :func:`sanitize` makes
+    visible, and the fixes below).  ``me`` is our current name: our own chat
+    lines are styled apart.
     """
-    stamp = timestamp(lang, now)
+    stamp = _stamp(lang, now)
     parts = split_message(payload)
     if parts is None:
         # Original: logged "无效的消息格式" and returned from readMsg, deaf
         # from then on (the server's "信息格式错误" has no colons at all).
-        shown = sanitize(payload.rstrip("\r\n"))
-        return Incoming((stamp + text(lang, "system_broadcast", text=shown),))
+        return _system(lang, "system_broadcast", stamp, text=sanitize(payload.rstrip("\r\n")))
     target_type, target, mark, message = parts
     message = message.rstrip("\r\n")  # Go: strings.TrimRight(message, "\r\n")
 
     if target_type == INDIVIDUAL:
         target, mark, message = _unshift(target, mark, message)
         shown_target, shown = sanitize(target), sanitize(message)
+        name = ("name", shown_target)
         if mark == CHANGE_NAME_FIRST_OK:
-            return Incoming(
-                (stamp + text(lang, "your_name", name=shown_target),), name=target, event=ACCEPTED
-            )
+            incoming = _system(lang, "your_name", stamp, name=name)
+            return incoming._replace(name=target, event=ACCEPTED)
         if mark == CHANGE_NAME_OK:
-            lines = (stamp + text(lang, "rename_ok"), stamp + text(lang, "your_name", name=shown_target))
+            lines = (
+                stamp + styled(lang, "rename_ok", "system"),
+                stamp + styled(lang, "your_name", "system", name=name),
+            )
             return Incoming(lines, name=target)
         if mark in (NAME_REFUSED, RENAME_FAILED):
             # Original: no case for these, so "< 系统消息 > 未知错误" and the
             # user never saw why.  The reason is the server's text.
             reason = shown or text(lang, "name_taken" if mark == NAME_REFUSED else "rename_failed")
-            return Incoming((stamp + text(lang, "system_broadcast", text=reason),), event=REFUSED)
+            return _system(lang, "system_broadcast", stamp, text=reason)._replace(event=REFUSED)
         if mark == QUIT:
-            return Incoming((stamp + text(lang, "quitting"),), event=SERVER_QUIT)
+            return _system(lang, "quitting", stamp)._replace(event=SERVER_QUIT)
         if mark == SYSTEM:
-            return Incoming((stamp + text(lang, "system_personal", text=shown),))
-        return Incoming((stamp + text(lang, "unknown_error"),))
+            return _system(lang, "system_personal", stamp, text=shown)
+        if mark in (PRIVATE_IN, PRIVATE_SENT):
+            key = "private_in" if mark == PRIVATE_IN else "private_out"
+            return Incoming((stamp + styled(lang, key, "private", name=name, text=("private", shown)),))
+        return _system(lang, "unknown_error", stamp)
 
     if target_type == CHANNEL:
         shown = sanitize(message)
         if mark == SYSTEM:
-            return Incoming((stamp + text(lang, "system_broadcast", text=shown),))
-        return Incoming((stamp + text(lang, "chat_line", name=sanitize(mark), text=shown),))
+            return _system(lang, "system_broadcast", stamp, text=shown)
+        own = bool(me) and mark == me
+        return Incoming((stamp + _chat_line(lang, sanitize(mark), shown, own),), public=(mark, message))
+
+    if target_type == HISTORY:
+        # history:<unix seconds>:<sender>:<text>, sent after the first nickname.
+        try:
+            sent_at = int(target)
+            sent = datetime.fromtimestamp(sent_at)
+        except (ValueError, OverflowError, OSError):
+            logger.debug("history line with a bad time: %r", payload)
+            return Incoming(())
+        line = (
+            ("stamp history", _history_stamp(lang, sent, now)),
+            ("history", text(lang, "history_mark")),
+        ) + _chat_line(lang, sanitize(mark), sanitize(message), bool(me) and mark == me, "history")
+        return Incoming((line,), public=(mark, message), sent_at=sent_at)
 
     # As the original: four fields of an unknown kind are not for us.
     return Incoming(())
+
+
+class HistoryFilter:
+    """Which replayed history lines the user has already seen.
+
+    The server sends its history after every first nickname, so also after a
+    reconnect.  A replayed line is dropped when the same (sender, text) was
+    shown before the connection was lost and the line is not newer than that
+    moment (plus :data:`HISTORY_SLACK` for the two clocks): what was said in
+    between, or lost in the break, is shown.  Used by one reader thread at a
+    time.
+    """
+
+    def __init__(self, keep: int = 1000, slack: float = HISTORY_SLACK) -> None:
+        self._shown: collections.deque[tuple[str, str]] = collections.deque(maxlen=keep)
+        self._slack = slack
+        self._before: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._cutoff: float | None = None
+
+    def saw(self, sender: str, message: str) -> None:
+        """A live public line was shown."""
+        self._shown.append((sender, message))
+
+    def lost(self, at: float) -> None:
+        """The connection was lost at unix time ``at``: the next replay is checked."""
+        self._before = collections.Counter(self._shown)
+        self._cutoff = at + self._slack
+
+    def admit(self, sent_at: float, sender: str, message: str) -> bool:
+        """Whether to show a history line; counts it as shown if so."""
+        key = (sender, message)
+        if self._cutoff is not None and sent_at <= self._cutoff and self._before[key] > 0:
+            self._before[key] -= 1
+            return False
+        self._shown.append(key)
+        return True
 
 
 class Action(NamedTuple):
@@ -219,9 +421,9 @@ class Action(NamedTuple):
 
     #: The payload to send, if any.
     payload: str | None = None
-    #: Read the next line as the new nickname (``./cd2``).
+    #: Read the next line as the new nickname (``./cd2``, ``/nick``).
     ask_new_name: bool = False
-    #: Leave after sending: wait for the server to close (``./cd5``).
+    #: Leave after sending: wait for the server to close (``./cd5``, ``/quit``).
     quit: bool = False
     #: A text to print locally (nothing is sent).
     notice: str | None = None
@@ -251,10 +453,59 @@ def chat_limit(name: str) -> int:
     return MAX_FRAME - len(join_message(CHANNEL, BROADCAST, name, "\n").encode("utf-8"))
 
 
+def private_limit(name: str, target: str) -> int:
+    """The longest private text (UTF-8 bytes) whose request, delivery and echo all fit in a frame."""
+    frames = (
+        join_message(INDIVIDUAL, target, PRIVATE, ""),  # what we send
+        join_message(INDIVIDUAL, name, PRIVATE_IN, "\n"),  # what the target gets
+        join_message(INDIVIDUAL, target, PRIVATE_SENT, "\n"),  # our echo
+    )
+    return MAX_FRAME - max(len(frame.encode("utf-8")) for frame in frames)
+
+
+def _limited(payload: str, message: str, limit: int, lang: str) -> Action:
+    if len(message.encode("utf-8")) > limit:
+        return Action(notice=text(lang, "too_long", limit=limit))
+    return Action(payload)
+
+
+def slash_command(line: str, name: str, lang: str = "en") -> Action:
+    """A ``/command`` line (trimmed, starting with one ``/``): what to send or say."""
+    words = line.split(maxsplit=2)
+    command = words[0].casefold()
+    rest = line[len(words[0]) :].strip()
+    if command == "/help":
+        return Action(notice=text(lang, "help"))
+    if command == "/quit":
+        return Action(QUIT_PAYLOAD, quit=True)
+    if command == "/who":
+        return Action(join_message(INDIVIDUAL, name, WHO, ""))
+    if command == "/online":
+        return Action(join_message(CHANNEL, BROADCAST, ONLINE_LIST, ""))
+    if command == "/top":
+        return Action(join_message(CHANNEL, BROADCAST, ACTIVITY, ""))
+    if command == "/nick":
+        # Without a name, as ./cd2: the next line is the new name.
+        return nickname_action(rest, lang, name) if rest else Action(ask_new_name=True)
+    if command == "/msg":
+        if len(words) < 3:
+            return Action(notice=text(lang, "usage_msg"))
+        target = words[1]
+        if ":" in target:  # it would shift the server's 4-way split
+            return Action(notice=text(lang, "bad_target"))
+        message = words[2]
+        payload = join_message(INDIVIDUAL, target, PRIVATE, message)
+        return _limited(payload, message, private_limit(name, target), lang)
+    return Action(notice=text(lang, "unknown_command", command=sanitize(words[0])))
+
+
 def parse_line(line: str, name: str, lang: str = "en") -> Action:
     """Map one typed line (already trimmed) to what to send, as the Go input loop does.
 
-    ``name`` is our current nickname, which the menu and rename payloads carry.
+    ``name`` is our current nickname, which the menu, who and rename payloads
+    carry.  Beside the Go client's ``./cdN`` commands, a line starting with
+    ``/`` is a slash command (:func:`slash_command`); ``//`` sends a text
+    that starts with ``/``.
     """
     command = _COMMANDS.get(line.casefold())
     if command == MENU:
@@ -265,10 +516,11 @@ def parse_line(line: str, name: str, lang: str = "en") -> Action:
         return Action(join_message(CHANNEL, BROADCAST, command, ""))
     if command == QUIT:
         return Action(QUIT_PAYLOAD, quit=True)
-    limit = chat_limit(name)
-    if len(line.encode("utf-8")) > limit:
-        return Action(notice=text(lang, "too_long", limit=limit))
-    return Action(join_message(CHANNEL, BROADCAST, "", line))
+    if line.startswith("//"):
+        line = line[1:]
+    elif line.startswith("/"):
+        return slash_command(line, name, lang)
+    return _limited(join_message(CHANNEL, BROADCAST, "", line), line, chat_limit(name), lang)
 
 
 def nickname_action(nick: str, lang: str = "en", current: str | None = None) -> Action:
@@ -304,11 +556,16 @@ class ServerQuit(Exception):
     """The server asked us to leave."""
 
 
+class Interrupted(Exception):
+    """The user pressed Ctrl-C at the terminal's prompt."""
+
+
 class Inbox:
     """Everything the main thread waits for, in order of arrival.
 
     Only the main thread takes items out; lines it is not ready for (while a
-    nickname awaits its answer) are held and come out first afterwards.
+    nickname awaits its answer, while reconnecting) are held and come out
+    first afterwards.
     """
 
     def __init__(self) -> None:
@@ -329,25 +586,59 @@ class Inbox:
         """The next item that is not input; input that arrives meanwhile is held."""
         while True:
             kind, value = self._queue.get()
-            if kind in (LINE, END_OF_INPUT):
+            if kind in _INPUT:
                 self._held.append((kind, value))
             else:
                 return kind, value
 
+    def get_new(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """The next item that arrives, passing over held ones; ``queue.Empty`` after ``timeout``."""
+        return self._queue.get(timeout=timeout)
+
+    def hold(self, kind: str, value: str | None = None) -> None:
+        """Keep an item for later: it comes out before anything new."""
+        self._held.append((kind, value))
+
+    def holds_lines(self) -> bool:
+        """Whether lines are held back."""
+        return any(kind == LINE for kind, _ in self._held)
+
 
 class Session:
-    """One connection: the socket, its send lock, our name, the output."""
+    """The connection (replaced on reconnect), its send lock, our name, the output."""
 
-    def __init__(self, sock: socket.socket, lang: str, out=None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        lang: str,
+        out=None,
+        *,
+        colour: bool = False,
+        address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
+        reconnect: bool = False,
+    ) -> None:
         self.sock = sock
         self.lang = lang
         self.out = out if out is not None else sys.stdout
+        self.colour = colour
+        #: Where to reconnect to, and whether to.
+        self.address = address
+        self.reconnect = reconnect
+        #: Reconnect attempts since the name was last accepted.
+        self.attempts = 0
+        #: The line editor, when stdin and stdout are a terminal.
+        self.terminal: Terminal | None = None
         #: Our name as the server last confirmed it ("" until then, as in Go).
         self.name = ""
         #: Set before the quit payload goes out, so the reader knows the
         #: close that follows is expected.
         self.quitting = False
+        #: False between losing the connection and reconnecting.
+        self.connected = True
+        #: What the terminal's prompt asks for: a text key, or None for a chat line.
+        self.prompt_key: str | None = None
         self.inbox = Inbox()
+        self.history = HistoryFilter()
         self._send_lock = threading.Lock()
         self._print_lock = threading.Lock()
 
@@ -369,15 +660,26 @@ class Session:
             logger.debug("send failed: %s", exc)
             self.hang_up()
 
-    def show(self, *lines: str, end: str = "\n") -> None:
-        """Print lines whole: two threads print."""
+    def show(self, *lines: Printable, end: str = "\n") -> None:
+        """Print lines whole (two threads print), coloured if the session is."""
+        shown = "".join(render(line, self.colour) + end for line in lines)
         with self._print_lock:
+            if self.terminal is not None:
+                self.terminal.write(shown)
+                return
             try:
-                for line in lines:
-                    self.out.write(line + end)
+                self.out.write(shown)
                 self.out.flush()
             except (OSError, ValueError) as exc:  # stdout closed: nobody to tell
                 logger.debug("cannot print: %s", exc)
+
+    def notice(self, key: str, **values: object) -> None:
+        """Print one of the client's own texts, styled as the client's."""
+        self.show(styled(self.lang, key, "notice", **values))
+
+    def say(self, message: str) -> None:
+        """Print a text the client made, styled as the client's."""
+        self.show((("notice", message),))
 
     def hang_up(self) -> None:
         """Shut the socket down; a ``recv`` blocked in another thread returns."""
@@ -386,21 +688,164 @@ class Session:
         except OSError:
             pass
 
+    def attach(self, sock: socket.socket) -> None:
+        """Use a new connection from now on (the old one is closed)."""
+        old, self.sock = self.sock, sock
+        old.close()
+        self.quitting = False
+        self.connected = True
+        self.refresh_prompt()
+
+    # The terminal's prompt ----------------------------------------------------
+
+    def set_prompt(self, key: str | None) -> None:
+        """Make the prompt ask for ``key`` (a text key), or for a chat line (None)."""
+        self.prompt_key = key
+        self.refresh_prompt()
+
+    def refresh_prompt(self) -> None:
+        if self.terminal is not None:
+            self.terminal.refresh()
+
+    def prompt_text(self) -> str:
+        """The terminal's prompt, with ANSI colours when the session has them."""
+        if self.prompt_key is not None:
+            asked = self.text(self.prompt_key)
+            return asked if asked.endswith(" ") else asked + " "
+        offline = "" if self.connected else self.text("offline")
+        name = sanitize(self.name)
+        if self.colour and name:
+            name = f"\x1b[1;{name_colour(name)}m{name}\x1b[0m"
+        return f"{offline}{name}> "
+
+
+class Terminal:
+    """The prompt_toolkit line editor: the reader of a terminal, and the way to its screen.
+
+    It runs on its own asyncio loop in the thread ``read_terminal``.  Each
+    line typed goes into the Inbox; Ctrl-D on an empty line is the end of
+    input and Ctrl-C a :data:`LEAVE`.  :meth:`write` prints above the prompt
+    (prompt_toolkit's ``in_terminal``: erase the prompt, print, draw it again
+    with the half-typed line) and returns once the text is on the screen, so
+    nothing is lost or reordered when the client exits.
+    """
+
+    #: Longest wait for one write to reach the screen before writing directly.
+    WRITE_TIMEOUT = 5.0
+
+    def __init__(self, inbox: Inbox, message: Callable[[], str]) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.formatted_text import ANSI
+
+        self._inbox = inbox
+        # The input line is erased when it is sent: the server's echo shows it.
+        self._session: PromptSession[str] = PromptSession(erase_when_done=True)
+        self._message = lambda: ANSI(message())
+        self._loop = asyncio.new_event_loop()
+        self._done = asyncio.Event()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._writes: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self._run, name="read_terminal", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        prompter = asyncio.ensure_future(self._prompt_lines())
+        await self._done.wait()
+        prompter.cancel()
+        await asyncio.gather(prompter, return_exceptions=True)
+        # Writes already handed to this loop finish before it closes.
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _prompt_lines(self) -> None:
+        while True:
+            try:
+                line = await self._session.prompt_async(self._message)
+            except KeyboardInterrupt:
+                self._inbox.put(LEAVE)
+                return
+            except EOFError:
+                self._inbox.put(END_OF_INPUT)
+                return
+            except Exception as exc:  # noqa: BLE001 - the terminal went away: as the end of input
+                logger.debug("terminal input failed: %r", exc)
+                self._inbox.put(END_OF_INPUT)
+                return
+            self._inbox.put(LINE, line)
+
+    def refresh(self) -> None:
+        """Draw the prompt again (its text has changed); thread-safe."""
+        with self._lock:
+            if not self._stopping and self._thread.is_alive():
+                self._loop.call_soon_threadsafe(self._session.app.invalidate)
+
+    async def _write(self, shown: str) -> None:
+        from prompt_toolkit.application import in_terminal
+
+        task = asyncio.current_task()
+        self._writes.add(task)
+        try:
+            async with in_terminal():
+                self._write_now(shown)
+        finally:
+            self._writes.discard(task)
+
+    def _write_now(self, shown: str) -> None:
+        output = self._session.app.output
+        output.write_raw(shown)
+        output.flush()
+
+    def write(self, shown: str) -> None:
+        """Print above the prompt, keeping the line being typed; thread-safe."""
+        with self._lock:
+            future = None
+            if not self._stopping and self._thread.is_alive():
+                future = asyncio.run_coroutine_threadsafe(self._write(shown), self._loop)
+        if future is None:
+            self._write_now(shown)
+            return
+        try:
+            future.result(self.WRITE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - printing must never kill a thread
+            logger.debug("cannot print: %r", exc)
+
+    def stop(self) -> None:
+        """End the prompt and give the terminal back as it was; idempotent."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            started = self._thread.is_alive()
+            if started:
+                self._loop.call_soon_threadsafe(self._done.set)
+        if started:
+            self._thread.join(self.WRITE_TIMEOUT)
+
 
 # --- the threads ------------------------------------------------------------------
 
 
-def read_msg(session: Session) -> None:
+def read_msg(session: Session, sock: socket.socket | None = None) -> None:
     """Reader thread: print every frame from the server until the connection ends."""
-    reader = FrameReader(session.sock, MAX_INCOMING)
+    reader = FrameReader(sock if sock is not None else session.sock, MAX_INCOMING)
     try:
         while True:
             try:
                 payload = reader.read()
             except InvalidUtf8 as exc:
                 logger.debug("frame is not UTF-8: %s", exc)
-                stamp = timestamp(session.lang, datetime.now())
-                session.show(stamp + session.text("system_broadcast", text=session.text("bad_utf8")))
+                stamp = _stamp(session.lang, datetime.now())
+                bad = session.text("bad_utf8")
+                session.show(stamp + styled(session.lang, "system_broadcast", "system", text=bad))
                 continue
             if payload is None:
                 logger.debug("the server closed the connection")
@@ -408,10 +853,16 @@ def read_msg(session: Session) -> None:
             if not payload:
                 continue
             logger.debug("received %r", payload)
-            incoming = parse_frame(payload, session.lang, datetime.now())
+            incoming = parse_frame(payload, session.lang, datetime.now(), session.name)
             if incoming.name is not None:
                 session.name = incoming.name
-            session.show(*incoming.lines)
+                session.refresh_prompt()
+            if incoming.sent_at is not None and incoming.public is not None:
+                if not session.history.admit(incoming.sent_at, *incoming.public):
+                    continue  # shown before the reconnect
+            elif incoming.public is not None:
+                session.history.saw(*incoming.public)
+            session.show(*incoming.styled)
             if incoming.event is not None:
                 session.inbox.put(incoming.event)
     except (OSError, FrameError) as exc:
@@ -419,9 +870,15 @@ def read_msg(session: Session) -> None:
         # left, never exited.  Any broken stream is the server going away.
         logger.debug("connection lost: %s", exc)
     finally:
+        session.history.lost(time.time())
         if not session.quitting:
             session.show(session.text("disconnected"))
         session.inbox.put(CLOSED)
+
+
+def start_reader(session: Session) -> None:
+    """Start the reader thread of the session's current connection."""
+    threading.Thread(target=read_msg, args=(session, session.sock), name="read_msg", daemon=True).start()
 
 
 def read_stdin(inbox: Inbox, fd: int = 0, encoding: str = "utf-8") -> None:
@@ -459,27 +916,40 @@ def read_stdin(inbox: Inbox, fd: int = 0, encoding: str = "utf-8") -> None:
 # --- the main thread ----------------------------------------------------------------
 
 
-def get_user_input(session: Session, prompt: str | None = None) -> str:
-    """Print the prompt (a text key), then return the next line, trimmed as Go does.
+def _raise_for(kind: str) -> None:
+    """Raise what an Inbox item that is not input means for the main thread."""
+    if kind == END_OF_INPUT:
+        raise EndOfInput
+    if kind == CLOSED:
+        raise ServerGone
+    if kind == SERVER_QUIT:
+        raise ServerQuit
+    if kind == LEAVE:
+        raise Interrupted
 
-    Raises :class:`EndOfInput`, :class:`ServerGone` or :class:`ServerQuit`
-    when one of those happens first.
+
+def get_user_input(session: Session, prompt: str | None = None) -> str:
+    """Ask (a text key: printed, or the terminal's prompt), then return the next line, trimmed as Go does.
+
+    Raises :class:`EndOfInput`, :class:`ServerGone`, :class:`ServerQuit` or
+    :class:`Interrupted` when one of those happens first.
     """
-    if prompt == "ask_name":
+    if session.terminal is not None:
+        session.set_prompt(prompt)
+    elif prompt == "ask_name":
         session.show(session.text(prompt), end="")  # Go: fmt.Print, the answer on the same line
     elif prompt is not None:
         session.show(session.text(prompt))
-    while True:
-        kind, value = session.inbox.get()
-        if kind == LINE:
-            return go_trim_space(value)
-        if kind == END_OF_INPUT:
-            raise EndOfInput
-        if kind == CLOSED:
-            raise ServerGone
-        if kind == SERVER_QUIT:
-            raise ServerQuit
-        # ACCEPTED / REFUSED of a later rename: read_msg has printed them.
+    try:
+        while True:
+            kind, value = session.inbox.get()
+            if kind == LINE:
+                return go_trim_space(value)
+            _raise_for(kind)
+            # ACCEPTED / REFUSED of a later rename: read_msg has printed them.
+    finally:
+        if session.terminal is not None and prompt is not None:
+            session.set_prompt(None)
 
 
 def wait_for_answer(session: Session) -> bool:
@@ -490,29 +960,32 @@ def wait_for_answer(session: Session) -> bool:
             return True
         if kind == REFUSED:
             return False
-        if kind == CLOSED:
-            raise ServerGone
-        if kind == SERVER_QUIT:
-            raise ServerQuit
+        _raise_for(kind)
 
 
-def ask_nickname(session: Session) -> None:
-    """Ask for a nickname until the server accepts one.
+def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = False) -> None:
+    """Ask for a nickname until the server accepts one; ``nick`` is tried first.
 
-    Original: sent the first nickname and went on to chat whatever the answer,
-    so after a refusal the user chatted under the address as a name.
+    ``reclaim``: ``nick`` is the name we had before a reconnect; if it is
+    taken now, say so, then ask.  Original: sent the first nickname and went
+    on to chat whatever the answer, so after a refusal the user chatted under
+    the address as a name.
     """
     while True:
-        nick = get_user_input(session, "ask_name")
+        if nick is None:
+            nick = get_user_input(session, "ask_name")
         action = nickname_action(nick, session.lang)
         if action.notice:
-            session.show(action.notice)
-        if action.payload is None:
-            continue
-        session.send(action.payload)
-        if wait_for_answer(session):
-            return
-        # Refused: read_msg has printed the server's reason.
+            session.say(action.notice)
+        if action.payload is not None:
+            session.send(action.payload)
+            if wait_for_answer(session):
+                return
+            # Refused: read_msg has printed the server's reason.
+            if reclaim:
+                session.notice("reclaim_refused", name=sanitize(nick))
+                reclaim = False
+        nick = None
 
 
 def input_loop(session: Session) -> None:
@@ -522,7 +995,7 @@ def input_loop(session: Session) -> None:
         if action.ask_new_name:
             action = nickname_action(get_user_input(session, "ask_new_name"), session.lang, session.name)
         if action.notice:
-            session.show(action.notice)
+            session.say(action.notice)
         if action.quit:
             session.quitting = True
         if action.payload is not None:
@@ -531,36 +1004,159 @@ def input_loop(session: Session) -> None:
             return
 
 
+def wait_offline(session: Session, seconds: float) -> None:
+    """Wait before the next attempt to reconnect; typed lines are held for afterwards.
+
+    Raises :class:`Interrupted` on Ctrl-C, :class:`EndOfInput` when the input
+    ends with nothing left to send.
+    """
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            kind, value = session.inbox.get_new(remaining)
+        except queue.Empty:
+            return
+        if kind == LINE:
+            session.inbox.hold(kind, value)
+            session.notice("held_offline")
+        elif kind == END_OF_INPUT:
+            if not session.inbox.holds_lines():
+                raise EndOfInput
+            session.inbox.hold(kind, value)
+        elif kind == LEAVE:
+            raise Interrupted
+        # Anything else is news of the lost connection: nothing to do.
+
+
+def open_connection(address: tuple[str, int]) -> socket.socket:
+    """Connect to the server; raises ``OSError``."""
+    sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    sock.settimeout(None)
+    return sock
+
+
+def reconnect_delay(attempt: int) -> float:
+    """How long to wait before reconnect attempt ``attempt`` (1, 2, ...): 0.5 s doubling up to 10 s."""
+    return min(RECONNECT_FIRST_DELAY * 2 ** min(attempt - 1, 16), RECONNECT_MAX_DELAY)
+
+
+def reconnect(session: Session) -> None:
+    """Connect again, waiting longer after each attempt, and start reading; say so on screen.
+
+    Tries until it connects, or the user leaves (Ctrl-C, end of input).  The
+    attempts are counted until a name is accepted again (see :func:`chat`),
+    so a server that accepts and at once closes is not hammered either.
+    """
+    session.connected = False
+    session.refresh_prompt()
+    while True:
+        session.attempts += 1
+        delay = reconnect_delay(session.attempts)
+        session.notice("reconnect_wait", delay=delay, attempt=session.attempts)
+        wait_offline(session, delay)
+        try:
+            sock = open_connection(session.address)
+        except OSError as exc:
+            logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
+            session.notice("reconnect_failed", error=exc.strerror or exc)
+            continue
+        session.attach(sock)
+        start_reader(session)
+        session.notice("reconnected")
+        return
+
+
+def chat(session: Session, name: str | None = None) -> None:
+    """Nickname, banner, then chat until the user quits; reconnects if the session may.
+
+    Raises what ends the chat otherwise (:class:`ServerGone` when it may not
+    reconnect, :class:`EndOfInput`, ...).
+    """
+    reclaim = False
+    greeted = False
+    while True:
+        try:
+            if reclaim:
+                # The new connection has no name yet: ask for ours back.
+                ask_nickname(session, session.name, reclaim=True)
+                reclaim = False
+            elif not session.name:
+                ask_nickname(session, name)
+            session.attempts = 0  # in the room again
+            if not greeted:
+                session.show(session.text("banner"), session.text("banner_slash"))
+                greeted = True
+            input_loop(session)
+            return
+        except ServerGone:
+            if not session.reconnect:
+                raise
+            reclaim = reclaim or bool(session.name)
+            reconnect(session)
+
+
 def leave(session: Session) -> int:
     """Send quit (unless sent), wait a little for the server to close, say goodbye; returns 0."""
-    if not session.quitting:
-        session.quitting = True
-        session.send(QUIT_PAYLOAD)
-    deadline = time.monotonic() + QUIT_TIMEOUT
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                kind, _ = session.inbox.get(timeout=remaining)
-            except queue.Empty:
-                logger.debug("the server did not close within %.1f s", QUIT_TIMEOUT)
-                break
-            if kind == CLOSED:
-                break
-    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-        pass
-    session.hang_up()
+    if session.connected:
+        if not session.quitting:
+            session.quitting = True
+            session.send(QUIT_PAYLOAD)
+        deadline = time.monotonic() + QUIT_TIMEOUT
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    kind, _ = session.inbox.get(timeout=remaining)
+                except queue.Empty:
+                    logger.debug("the server did not close within %.1f s", QUIT_TIMEOUT)
+                    break
+                if kind == CLOSED:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            pass
+        session.hang_up()
     session.show(session.text("quit_ok"))
     return 0
+
+
+def converse(session: Session, name: str | None = None) -> int:
+    """The whole conversation: 0 when the user left, 1 when the server went away."""
+    try:
+        chat(session, name)
+    except ServerGone:
+        return 1
+    except (EndOfInput, ServerQuit, Interrupted, KeyboardInterrupt):
+        # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
+        pass
+    return leave(session)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="chatroom-client", description="Terminal client for redis-chatroom."
+        prog="chatroom-client",
+        description="Terminal client for redis-chatroom.",
+        epilog=(
+            "With a terminal, the client edits the line being typed (arriving messages never break it), "
+            "colours names and reconnects when the server goes away.  With standard input from a pipe "
+            "it reads plain lines, and exits with status 1 when the server goes away unless --reconnect "
+            "is given.  Colours are off when standard output is not a terminal, with --no-color, or when "
+            "NO_COLOR is set.  Type /help in the chat for the commands."
+        ),
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
+    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
+    parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
+    parser.add_argument(
+        "--reconnect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "when the server goes away, reconnect (waiting 0.5 s, doubling up to 10 s, until Ctrl-C or end "
+            "of input) and take the same name back; default: on with a terminal, off with a pipe"
+        ),
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
     return parser.parse_args(argv)
 
@@ -570,6 +1166,13 @@ def _tolerant_stdout() -> None:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="replace")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,35 +1185,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     _tolerant_stdout()
     lang = args.lang
+    interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
+    colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
+    address = (args.host, args.port)
     try:
-        sock = socket.create_connection((args.host, args.port), timeout=CONNECT_TIMEOUT)
+        sock = open_connection(address)
     except OSError as exc:
         print(text(lang, "connect_failed", error=exc), flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
-    sock.settimeout(None)
-    session = Session(sock, lang)
-    session.show(session.text("connected"))
-    stdin_encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
-    threading.Thread(target=read_msg, args=(session,), name="read_msg", daemon=True).start()
-    threading.Thread(
-        target=read_stdin, args=(session.inbox, 0, stdin_encoding), name="read_stdin", daemon=True
-    ).start()
+    reconnect = interactive if args.reconnect is None else args.reconnect
+    session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect)
+    if interactive:
+        session.terminal = Terminal(session.inbox, session.prompt_text)
+        session.prompt_key = None if args.name else "ask_name"
     try:
-        try:
-            ask_nickname(session)
-            session.show(session.text("banner"))
-            input_loop(session)
-        except ServerGone:
-            return 1
-        except (EndOfInput, ServerQuit, KeyboardInterrupt):
-            # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
-            pass
-        return leave(session)
+        session.notice("connected")
+        start_reader(session)
+        if session.terminal is not None:
+            session.terminal.start()
+        else:
+            stdin_encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
+            threading.Thread(
+                target=read_stdin, args=(session.inbox, 0, stdin_encoding), name="read_stdin", daemon=True
+            ).start()
+        return converse(session, args.name)
     finally:
+        if session.terminal is not None:
+            session.terminal.stop()
         session.hang_up()
-        sock.close()
+        session.sock.close()
 
 
 if __name__ == "__main__":

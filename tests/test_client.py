@@ -748,3 +748,396 @@ def test_live_server_shutdown_exits_non_zero(chat_server, start_client):
     status, output = chat.finish()
     assert status == 1
     assert "The server closed the connection" in output
+
+
+# --- private messages, who, history, ranking (parse_frame) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "en", "zh"),
+    [
+        ("individual:bob:private:psst\n", "[15:04] [private] < bob > psst", T + "[私聊] < bob >psst"),
+        (
+            "individual:bob:privateSent:psst\n",
+            "[15:04] [private] < you -> bob > psst",
+            T + "[私聊] < 我 -> bob >psst",
+        ),
+        (
+            "individual:alice:系统消息:Online (3): alice, bob, carol\n",
+            "[15:04] < System > Online (3): alice, bob, carol",
+            T + "< 系统消息 >Online (3): alice, bob, carol",
+        ),
+        (
+            "individual:alice:系统消息:There is no user < bob >\n",
+            "[15:04] < System > There is no user < bob >",
+            T + "< 系统消息 >There is no user < bob >",
+        ),
+        (
+            "channel:channel1:系统消息:< System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)\n\n",
+            "[15:04] < System > < System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
+            T + "< 系统消息 > < System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
+        ),
+    ],
+)
+def test_new_message_kinds_are_rendered(payload, en, zh):
+    assert lines(payload, "en") == (en,)
+    assert lines(payload, "zh") == (zh,)
+
+
+def test_a_private_message_keeps_colons_in_its_text_and_cannot_pose_as_a_refusal():
+    incoming = parse_frame("individual:bob:private:a:changeNameFirst0:b\n", "en", NOW)
+    assert incoming.lines == ("[15:04] [private] < bob > a:changeNameFirst0:b",)
+    assert incoming.event is None
+
+
+def test_a_history_line_has_its_own_time_and_is_marked():
+    sent = datetime(2024, 5, 6, 9, 30)
+    incoming = parse_frame(f"history:{int(sent.timestamp())}:bob:good morning\n", "en", NOW)
+    assert incoming.lines == ("[09:30] (history) < bob > good morning",)
+    assert (incoming.public, incoming.sent_at) == (("bob", "good morning"), int(sent.timestamp()))
+    assert all("history" in style for style, _ in incoming.styled[0])
+    zh = parse_frame(f"history:{int(sent.timestamp())}:bob:早\n", "zh", NOW)
+    assert zh.lines == ("【  09:30  】(历史) < bob >早",)
+
+
+def test_a_history_line_from_another_day_says_which_day():
+    sent = datetime(2024, 5, 4, 23, 59)
+    assert lines(f"history:{int(sent.timestamp())}:bob:late\n", "en") == (
+        "[05-04 23:59] (history) < bob > late",
+    )
+
+
+@pytest.mark.parametrize("payload", ["history:soon:bob:hi\n", "history:99999999999999999999:bob:hi\n"])
+def test_a_history_line_with_a_bad_time_is_dropped(payload):
+    assert parse_frame(payload, "en", NOW) == client.Incoming(())
+
+
+def test_history_and_chat_text_from_the_network_is_sanitised():
+    sent = int(datetime(2024, 5, 6, 9, 30).timestamp())
+    for payload in (f"history:{sent}:\x1b[31mbob:\x1b[2J\n", "individual:\x1bbob:private:\x07\n"):
+        for colour in (False, True):
+            shown = client.render(parse_frame(payload, "en", NOW).styled[0], colour)
+            assert not re.search(r"\x1b(?!\[[0-9;]*m)|[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f]", shown), shown
+            assert "^[[31mbob" in shown or "^[bob" in shown
+
+
+# --- styles and colours ---------------------------------------------------------------------
+
+
+def test_styled_fragments_join_to_the_plain_text():
+    line = client.styled("en", "chat_line", "", name=("name", "bob"), text="hi")
+    assert client.plain(line) == client.text("en", "chat_line", name="bob", text="hi")
+    assert line == (("", "< "), ("name", "bob"), ("", " > "), ("", "hi"))
+
+
+def test_without_colour_a_line_is_its_plain_text():
+    incoming = parse_frame("channel:channel1:bob:hi\n", "zh", NOW, me="alice")
+    assert client.render(incoming.styled[0], False) == T + "< bob >hi"
+
+
+def test_names_have_a_stable_colour_of_their_own():
+    assert client.name_colour("bob") == client.name_colour("bob")
+    assert len({client.name_colour(f"user{i}") for i in range(50)}) > 4
+    shown = client.render(parse_frame("channel:channel1:bob:hi\n", "en", NOW).styled[0], True)
+    assert f"\x1b[1;{client.name_colour('bob')}mbob\x1b[0m" in shown
+    assert re.sub(r"\x1b\[[0-9;]*m", "", shown) == "[15:04] < bob > hi"
+
+
+def test_own_private_system_and_history_lines_are_set_apart_by_style():
+    def styles(payload, me=""):
+        return {style for style, _ in parse_frame(payload, "en", NOW, me).styled[0]}
+
+    sent = int(datetime(2024, 5, 6, 9, 30).timestamp())
+    assert "me" in styles("channel:channel1:alice:hi\n", me="alice")
+    assert "me" not in styles("channel:channel1:bob:hi\n", me="alice")
+    assert "private" in styles("individual:bob:private:psst\n")
+    assert "system" in styles("channel:channel1:系统消息:User < bob > joined!\n")
+    assert "history" in styles(f"history:{sent}:bob:hi\n")
+    # Own lines look the same as anybody's without colours (the Go client's bytes).
+    own = parse_frame("channel:channel1:alice:hi\n", "zh", NOW, me="alice")
+    assert own.lines == (T + "< alice >hi",)
+
+
+@pytest.mark.parametrize(
+    ("option", "environ", "terminal", "expected"),
+    [
+        (False, {}, True, True),
+        (False, {}, False, False),
+        (True, {}, True, False),
+        (False, {"NO_COLOR": "1"}, True, False),
+        (False, {"NO_COLOR": ""}, True, True),  # no-color.org: set and not empty
+        (False, {"TERM": "dumb"}, True, False),
+    ],
+)
+def test_colours_only_on_a_terminal_without_no_color(option, environ, terminal, expected):
+    assert client.use_colour(option, environ, terminal) is expected
+
+
+# --- slash commands (parse_line) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "payload"),
+    [
+        ("/who", "individual:alice:who:"),
+        ("/WHO", "individual:alice:who:"),
+        ("/online", "channel:channel1:onlineList:"),
+        ("/top", "channel:channel1:activity:"),
+        ("/nick bobby", "individual:alice:changeName:bobby"),
+        ("/msg bob hi there", "individual:bob::hi there"),
+        ("/Msg bob   two  spaces ", "individual:bob::two  spaces"),
+        ("/msg bob a:b", "individual:bob::a:b"),
+        ("//slash", "channel:channel1::/slash"),
+        ("//", "channel:channel1::/"),
+        ("./cd3", "channel:channel1:onlineList:"),  # the Go client's forms keep working
+    ],
+)
+def test_slash_commands_become_payloads(line, payload):
+    assert parse_line(go_trim_space(line), "alice") == Action(payload)
+
+
+def test_slash_quit_quits():
+    assert parse_line("/quit", "alice") == Action("channel:channel1:quit:", quit=True)
+
+
+def test_slash_nick_without_a_name_asks_for_it_as_cd2():
+    assert parse_line("/nick", "alice") == Action(ask_new_name=True)
+
+
+def test_slash_help_lists_both_forms_and_sends_nothing():
+    action = parse_line("/help", "alice", "en")
+    assert action.payload is None
+    for command in ("/msg", "/who", "/nick", "/top", "/online", "/quit", "./cd1", "./cd5", "./changeName"):
+        assert command in action.notice
+    assert "./cd4" in parse_line("/HELP", "alice", "zh").notice
+
+
+@pytest.mark.parametrize(
+    ("line", "notice"),
+    [
+        ("/frobnicate now", "Unknown command /frobnicate; /help lists the commands"),
+        ("/", "Unknown command /; /help lists the commands"),
+        ("/msg", "Usage: /msg NAME TEXT"),
+        ("/msg bob", "Usage: /msg NAME TEXT"),
+        ("/msg a:b hi", "A name cannot contain ':'"),
+    ],
+)
+def test_bad_slash_commands_are_told_locally_and_send_nothing(line, notice):
+    assert parse_line(line, "alice", "en") == Action(notice=notice)
+
+
+def test_a_private_text_too_long_for_its_delivery_or_echo_is_not_sent():
+    limit = client.private_limit("alice", "bob")
+    assert limit == MAX_FRAME - len(b"individual:bob:privateSent:\n")
+    assert parse_line("/msg bob " + "x" * limit, "alice").payload == "individual:bob::" + "x" * limit
+    assert (
+        parse_line("/msg bob " + "x" * (limit + 1), "alice").notice
+        == f"Message too long: at most {limit} bytes"
+    )
+
+
+# --- history after a reconnect (HistoryFilter) ------------------------------------------------
+
+
+def test_history_is_all_shown_the_first_time():
+    seen = client.HistoryFilter()
+    assert seen.admit(100, "bob", "hi") and seen.admit(101, "bob", "hi")
+
+
+def test_history_replayed_after_a_reconnect_shows_only_what_was_missed():
+    seen = client.HistoryFilter(slack=5)
+    assert seen.admit(100, "bob", "old")  # history on the first connection
+    seen.saw("bob", "hi")  # live
+    seen.saw("carol", "hi")
+    seen.lost(200.0)
+    replay = [
+        (100, "bob", "old"),
+        (150, "bob", "hi"),
+        (199, "dave", "lost in the break"),
+        (150, "carol", "hi"),
+    ]
+    replay += [(210, "bob", "hi")]  # said again while we were away
+    assert [seen.admit(*entry) for entry in replay] == [False, False, True, False, True]
+    # A second reconnect: everything shown so far counts.
+    seen.lost(300.0)
+    assert [seen.admit(*entry) for entry in replay] == [False, False, False, False, False]
+
+
+def test_each_line_seen_hides_one_replayed_copy():
+    seen = client.HistoryFilter()
+    seen.saw("bob", "ok")
+    seen.lost(200.0)
+    assert [seen.admit(150, "bob", "ok"), seen.admit(160, "bob", "ok")] == [False, True]
+
+
+def test_main_parses_the_new_options():
+    args = client.parse_args(["--name", "alice", "--no-color", "--reconnect"])
+    assert (args.name, args.no_color, args.reconnect) == ("alice", True, True)
+    assert client.parse_args(["--no-reconnect"]).reconnect is False
+    defaults = client.parse_args([])
+    assert (defaults.name, defaults.no_color, defaults.reconnect) == (None, False, None)
+
+
+# --- the program in pipe mode: slash commands, --name, reconnecting ------------------------------
+
+
+def test_name_option_skips_the_prompt(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hi")
+    server.expect("channel:channel1::hi")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "Enter your nickname" not in output
+
+
+def test_a_taken_name_option_is_asked_again(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.expect("individual::changeNameFirst:alice")
+    server.send("individual:guest-1:changeNameFirst0:That name is taken")
+    chat.type("alice2")
+    server.login("alice2")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "That name is taken\nEnter your nickname: " in output
+
+
+def test_slash_commands_are_sent_and_local_ones_are_not(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type(
+        "/help", "/bogus", "/msg bob", "/who", "/msg bob hi there", "/top", "/online", "//x", "/nick bobby"
+    )
+    for payload in (
+        "individual:alice:who:",
+        "individual:bob::hi there",
+        "channel:channel1:activity:",
+        "channel:channel1:onlineList:",
+        "channel:channel1::/x",
+        "individual:alice:changeName:bobby",
+    ):
+        server.expect(payload)
+    server.send("individual:bobby:changeName1:bobby")
+    chat.wait_for_output("Your nickname is now: bobby")
+    chat.type("/who", "/quit")
+    server.expect("individual:bobby:who:")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "/msg NAME TEXT" in output and "./cd1 or ./menu" in output
+    assert "Unknown command /bogus" in output
+    assert "Usage: /msg NAME TEXT" in output
+
+
+def test_no_colours_when_stdout_is_not_a_terminal(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    sent = int(datetime.now().timestamp())
+    server.send(f"history:{sent}:bob:earlier")
+    server.send("channel:channel1:bob:hi")
+    server.send("channel:channel1:alice:mine")
+    server.send("individual:bob:private:psst")
+    chat.wait_for_output("psst")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "\x1b" not in output
+    assert re.search(r"\[\d\d:\d\d\] \(history\) < bob > earlier\n", output)
+    assert re.search(r"\[\d\d:\d\d\] \[private\] < bob > psst\n", output)
+
+
+def test_pipe_mode_reconnects_only_when_asked_and_takes_the_name_back(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--reconnect")
+    server.login("alice")
+    server.send("channel:channel1:bob:before")
+    chat.wait_for_output("< bob > before")
+    server.close()
+    chat.wait_for_output("Reconnecting in 0.5 s (attempt 1)...")
+    chat.type("while away")  # held, sent once the name is back
+    server.expect("individual::changeNameFirst:alice")
+    server.send("individual:alice:changeNameFirst1:alice")
+    server.expect("channel:channel1::while away")
+    sent = int(datetime.now().timestamp())
+    server.send(f"history:{sent - 1}:bob:before")  # seen before the break: not shown again
+    server.send(f"history:{sent}:bob:during")
+    chat.wait_for_output("< bob > during")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "Reconnected to the server\n" in output
+    assert "Not connected: this will be sent once reconnected" in output
+    assert output.count("before") == 1
+    assert output.count("Your nickname is now: alice") == 2
+
+
+def test_a_name_taken_while_away_is_said_and_asked_again(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--reconnect")
+    server.login("alice")
+    server.close()
+    server.expect("individual::changeNameFirst:alice")
+    server.send("individual:guest-9:changeNameFirst0:That name is taken")
+    chat.wait_for_output("Could not take the name < alice > back")
+    chat.type("alice2")
+    server.login("alice2")
+    chat.type("hi")
+    server.expect("channel:channel1::hi")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    assert chat.finish()[0] == 0
+
+
+def test_end_of_input_while_reconnecting_leaves(start_client):
+    fake = FakeServer()
+    try:
+        chat = start_client(fake.port, "--name", "alice", "--reconnect")
+        fake.login("alice")
+        fake.stop()  # nobody listens any more: every attempt fails
+        chat.wait_for_output("Could not reconnect")
+        chat.end_input()
+        status, output = chat.finish()
+    finally:
+        fake.stop()
+    assert status == 0
+    assert output.endswith("Bye\n")
+
+
+# --- the new kinds against the live server ---------------------------------------------------------
+
+
+def test_live_who_private_messages_and_history(chat_server, connect, start_client):
+    bob = connect()
+    bob.login("bob")
+    bob.send("channel:channel1::said before alice came")
+    bob.expect("channel:channel1:bob:said before alice came\n")
+    chat = start_client(chat_server.port, "--name", "alice")
+    chat.wait_for_output("(history) < bob > said before alice came\n")
+    chat.type("/who", "/msg bob psst", "/msg nobody hello?")
+    chat.wait_for_output("< System > Online (2): alice, bob\n")
+    bob.expect("individual:alice:private:psst\n")
+    chat.wait_for_output("[private] < you -> bob > psst\n")
+    chat.wait_for_output("< System > There is no user < nobody >\n")
+    bob.send("individual:alice::back at you")
+    chat.wait_for_output("[private] < bob > back at you\n")
+    chat.type("/top")
+    chat.wait_for_output(" (")
+    chat.end_input()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(r"#\d : alice \(\d+\)", output)
+
+
+def test_reconnect_waits_double_each_attempt_up_to_10_s():
+    assert [client.reconnect_delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]
+    assert client.reconnect_delay(10_000) == 10
