@@ -123,7 +123,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "menu": {"zh": ZH_MENU, "en": EN_MENU},
     "bad_format": {"zh": "信息格式错误", "en": "Bad message format"},
     "online_count": {"zh": "当前在线人数为{count}人", "en": "Users online: {count}"},
-    "activity_title": {"zh": "< 系统消息 > 活跃度排名\n", "en": "< System > Activity ranking\n"},
+    "activity_title": {"zh": "< 系统消息 > 活跃度排名\n", "en": "Activity ranking\n"},
     "activity_line": {"zh": " 第{rank}名 : {name} ({count})\n", "en": " #{rank} : {name} ({count})\n"},
     "who": {"zh": "在线用户({count}): {names}", "en": "Online ({count}): {names}"},
     "no_such_user": {"zh": "用户 < {name} > 不存在", "en": "There is no user < {name} >"},

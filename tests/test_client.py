@@ -773,9 +773,9 @@ def test_live_server_shutdown_exits_non_zero(chat_server, start_client):
             T + "< 系统消息 >There is no user < bob >",
         ),
         (
-            "channel:channel1:系统消息:< System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)\n\n",
-            "[15:04] < System > < System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
-            T + "< 系统消息 > < System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
+            "channel:channel1:系统消息:Activity ranking\n #1 : alice (12)\n #2 : bob (3)\n\n",
+            "[15:04] < System > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
+            T + "< 系统消息 > Activity ranking\n #1 : alice (12)\n #2 : bob (3)",
         ),
     ],
 )

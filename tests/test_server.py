@@ -273,7 +273,7 @@ def test_activity_ranking_lists_the_five_most_active_users(connect):
     asker.send("channel:channel1:activity:")
     ranking = asker.expect(lambda f: "Activity ranking" in f)
     assert ranking == (
-        "channel:channel1:系统消息:< System > Activity ranking\n"
+        "channel:channel1:系统消息:Activity ranking\n"
         " #1 : u5 (6)\n #2 : u4 (5)\n #3 : u3 (4)\n #4 : u2 (3)\n #5 : u1 (2)\n\n"
     )
 
