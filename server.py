@@ -38,6 +38,7 @@ import argparse
 import errno
 import logging
 import os
+import queue
 import signal
 import socket
 import struct
@@ -164,6 +165,10 @@ class Connection:
         self.activity = 0
         #: Set when the client is gone; wakes a listener waiting for Redis to come back.
         self.gone = threading.Event()
+        #: True once the first nickname was accepted and the join announced.
+        self.joined = False
+        #: Held while this user's Redis records change (its reader, reconcile).
+        self.state_lock = threading.Lock()
         self.id = ""
         self.name = ""
         self.name_key = ""
@@ -251,6 +256,10 @@ class ChatServer:
         self._reconcile_needed = threading.Event()
         self._wake_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        # Notices to every user go through one thread of their own, in order:
+        # a user whose socket is full must not hold up the heartbeat.
+        self._notices: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._notifier_thread: threading.Thread | None = None
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
@@ -267,7 +276,10 @@ class ChatServer:
         another id are removed by the survivors' heartbeats.
         """
         self.redis_run_id = self.current_run_id()
-        self.cleanup_server(self.server_id)
+        # Claimed like a dead server's, so a survivor reaping it meanwhile and
+        # this process never both announce the same users.
+        if self.rdb.srem(self.keys.servers, self.server_id):
+            self.cleanup_server(self.server_id)
         self.heartbeat()
 
     def bind(self) -> None:
@@ -279,6 +291,8 @@ class ChatServer:
         self.init()
         self._heartbeat_thread = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        self._notifier_thread = threading.Thread(target=self.notifier_loop, name="notifier", daemon=True)
+        self._notifier_thread.start()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
 
     @property
@@ -334,7 +348,9 @@ class ChatServer:
         config = self.config
         ip = address[0]
         with self._connections_lock:
-            if len(self.connections) >= config.max_clients:
+            if self._shutting_down.is_set():  # accepted just before the listener closed
+                refusal = "server_shutdown"
+            elif len(self.connections) >= config.max_clients:
                 refusal = "server_full"
             elif config.max_per_ip and self._per_ip.get(ip, 0) >= config.max_per_ip:
                 refusal = "too_many_from_ip"
@@ -411,10 +427,13 @@ class ChatServer:
             conn.shutdown_socket()
         for conn in connections:
             for thread in conn.threads[:1]:
-                thread.join(self.config.close_timeout)
+                if thread.ident is not None:  # admit() may not have started it yet
+                    thread.join(self.config.close_timeout)
         self._wake_heartbeat.set()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(self.config.close_timeout)
+        self._notices.put(None)
+        for thread in (self._heartbeat_thread, self._notifier_thread):
+            if thread is not None:
+                thread.join(self.config.close_timeout)
         self.unregister()
         self._stopped.set()
         if self._accept_thread is not None:
@@ -432,12 +451,15 @@ class ChatServer:
             personal_sub = self.subscribe(self.keys.personal(conn.id), conn)
             for target, sub in ((self.broadcast, broadcast_sub), (self.personal_message, personal_sub)):
                 thread = threading.Thread(target=target, args=(conn, sub), daemon=True)
+                thread.start()  # out of threads: RuntimeError, the client is told below
                 conn.threads.append(thread)
-                thread.start()
             self.read_client(conn)
         except redis.RedisError as exc:
             logger.error("%r: Redis failed (%s); closing the connection", conn, exc)
             conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("server_error")))
+        except RuntimeError as exc:
+            logger.error("%r: %s; closing the connection", conn, exc)
+            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("server_busy")))
         except Exception:
             logger.exception("%r: unexpected error", conn)
         finally:
@@ -479,13 +501,17 @@ class ChatServer:
         initial name is ``guest-<id>``, a form no user may claim.
         """
         keys = self.keys
-        conn.id = str(self.rdb.incr(keys.next_user_id))
+        while True:
+            conn.id = str(self.rdb.incr(keys.next_user_id))
+            # Claimed, not assumed: if Redis lost the counter, a live user may
+            # hold this id until its server has registered it again.
+            if self.rdb.hsetnx(keys.users_online, conn.id, "online"):
+                break
         conn.name = f"guest-{conn.id}"
         conn.name_key = p.name_key(conn.name)
         pipe = self.rdb.pipeline()
         pipe.hset(keys.users_name, conn.id, conn.name)
         pipe.hset(keys.users_by_name, conn.name_key, conn.id)
-        pipe.hset(keys.users_online, conn.id, "online")
         pipe.zadd(keys.activity_ranking, {conn.id: 0})
         pipe.sadd(keys.server_users(self.server_id), conn.id)
         pipe.execute()
@@ -493,17 +519,19 @@ class ChatServer:
         logger.info("%r: connected", conn)
 
     def user_remove(self, conn: Connection) -> None:
-        """Forget the user everywhere and announce that it left; one round trip."""
+        """Forget the user everywhere and announce that it left."""
         keys = self.keys
-        pipe = self.rdb.pipeline()
-        pipe.hdel(keys.users_name, conn.id)
-        pipe.hdel(keys.users_by_name, conn.name_key)
-        pipe.hdel(keys.users_online, conn.id)
-        pipe.zrem(keys.activity_ranking, conn.id)
-        pipe.srem(keys.server_users(self.server_id), conn.id)
-        pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)))
-        pipe.execute()
-        conn.added = False
+        with conn.state_lock:
+            self.release_name(conn.name_key, conn.id)
+            pipe = self.rdb.pipeline()
+            pipe.hdel(keys.users_name, conn.id)
+            pipe.hdel(keys.users_online, conn.id)
+            pipe.zrem(keys.activity_ranking, conn.id)
+            pipe.srem(keys.server_users(self.server_id), conn.id)
+            left = self.text("left", name=conn.name)
+            pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, left))
+            pipe.execute()
+            conn.added = False
         logger.info("%r: left", conn)
 
     def subscribe(self, channel: str, conn: Connection) -> redis.client.PubSub:
@@ -577,7 +605,17 @@ class ChatServer:
         logger.debug("%r: %s listener ended", conn, kind)
 
     def _drain(self, conn: Connection, sub: redis.client.PubSub) -> None:
+        """Forward messages until unsubscribed; raises when the pub/sub connection breaks.
+
+        With hiredis the listener reads its socket itself (:meth:`_drain_hiredis`);
+        otherwise (fakeredis, redis-py's pure-Python parser) it drains through
+        redis-py's reads, below.
+        """
         redis_conn = sub.connection
+        reader = self._hiredis_reader(redis_conn)
+        if reader is not None:
+            self._drain_hiredis(conn, sub, redis_conn, reader)
+            return
         while sub.subscribed:
             payloads = []
             response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
@@ -591,6 +629,63 @@ class ChatServer:
                 response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
             if payloads and not conn.send_payloads(payloads):
                 return
+
+    @staticmethod
+    def _hiredis_reader(redis_conn):
+        """The hiredis reader of a real socket connection, or None (then: the generic drain)."""
+        parser = getattr(redis_conn, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        if type(parser).__name__ != "_HiredisParser" or reader is None:
+            return None
+        if not isinstance(getattr(redis_conn, "_sock", None), socket.socket):
+            return None
+        return reader
+
+    @staticmethod
+    def _drain_hiredis(conn: Connection, sub: redis.client.PubSub, redis_conn, reader) -> None:
+        """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
+
+        One blocking ``recv`` per wake-up takes every byte Redis has written
+        so far, and the C parser yields every whole reply in it: each wake-up
+        (one GIL hand-off) serves any number of messages, where redis-py's
+        reads cost a system call or two per message.  A reply cut short stays
+        in the same parser, the one redis-py used for the subscription (so
+        nothing it had buffered is lost either), until the next ``recv``
+        completes it.  The socket is made blocking: an idle room must not end
+        a listener (redis-py's default socket timeout is 5 s), and a blocking
+        ``recv`` is one system call where a timed one is two (poll, recv).
+        """
+        from redis._parsers.hiredis import NOT_ENOUGH_DATA
+
+        sock = redis_conn._sock
+        sock.settimeout(None)
+        buffer = redis_conn._parser._buffer  # redis-py's own read buffer for this connection
+        recv_into = sock.recv_into
+        gets = reader.gets
+        feed = reader.feed
+        while sub.subscribed:
+            payloads = []
+            while len(payloads) < DRAIN_LIMIT:
+                response = gets()
+                if response is NOT_ENOUGH_DATA:
+                    break
+                if isinstance(response, Exception):  # an error reply
+                    raise response
+                if response[0] == b"message":
+                    payloads.append(response[2])
+                else:  # (un)subscribe confirmations: the last unsubscribe ends the loop
+                    sub.handle_message(response)
+            if payloads:
+                if not conn.send_payloads(payloads):
+                    return
+                if len(payloads) >= DRAIN_LIMIT:
+                    continue  # more whole replies may be parsed already
+            if not sub.subscribed:
+                return
+            received = recv_into(buffer)
+            if not received:
+                raise redis.ConnectionError("Redis closed the pub/sub connection")
+            feed(buffer, 0, received)
 
     def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
         """Reconnect a subscription, with backoff, while its client stays; False if it left."""
@@ -643,8 +738,8 @@ class ChatServer:
         # A missing registration (Redis restarted without its data, or we were
         # taken for dead) or a past outage: make Redis agree with our sockets.
         if (added and self.redis_run_id is not None) or self._reconcile_needed.is_set():
-            self._reconcile_needed.clear()
             self.reconcile()
+            self._reconcile_needed.clear()  # only now: a failed reconcile is tried again
         self.redis_run_id = self.current_run_id()
         with self._redis_state_lock:
             listeners_back = self._resubscribing == 0
@@ -664,21 +759,35 @@ class ChatServer:
         if top < highest:  # Redis lost the counter: never hand out a live id again
             self.rdb.incrby(keys.next_user_id, highest - top)
         for conn in local.values():
-            claimed = self.rdb.hsetnx(keys.users_by_name, conn.name_key, conn.id)
-            if not claimed and self.get_users_channel(conn.name) != conn.id:
-                # Someone took the name while Redis forgot ours: back to a guest
-                # name, which the client learns as after a rename.
-                conn.name = f"guest-{conn.id}"
-                conn.name_key = p.name_key(conn.name)
-                self.rdb.hset(keys.users_by_name, conn.name_key, conn.id)
-                self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.CHANGE_NAME_OK, conn.name))
-            pipe = self.rdb.pipeline()
-            pipe.hset(keys.users_name, conn.id, conn.name)
-            pipe.hset(keys.users_online, conn.id, "online")
-            pipe.zadd(keys.activity_ranking, {conn.id: conn.activity}, gt=True)
-            pipe.sadd(keys.server_users(self.server_id), conn.id)
-            pipe.execute()
+            with conn.state_lock:
+                if conn.added:
+                    self._register_again(conn, conn.id in registered)
         logger.info("reconciled %d local users with Redis", len(local))
+
+    def _register_again(self, conn: Connection, still_registered: bool) -> None:
+        """Put one local user back into Redis after Redis lost or doubted it."""
+        keys = self.keys
+        if not self.rdb.hsetnx(keys.users_online, conn.id, "online") and not still_registered:
+            # Redis lost its data and another process gave this id to a newcomer
+            # before we registered ours again: ours must go, quietly.
+            logger.error("%r: id taken by another user while Redis forgot it; disconnecting", conn)
+            conn.added = False
+            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
+            conn.shutdown_socket()
+            return
+        claimed = self.rdb.hsetnx(keys.users_by_name, conn.name_key, conn.id)
+        if not claimed and self.get_users_channel(conn.name) != conn.id:
+            # Someone took the name while Redis forgot ours: back to a guest
+            # name, which the client learns as after a rename.
+            conn.name = f"guest-{conn.id}"
+            conn.name_key = p.name_key(conn.name)
+            self.rdb.hset(keys.users_by_name, conn.name_key, conn.id)
+            self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.CHANGE_NAME_OK, conn.name))
+        pipe = self.rdb.pipeline()
+        pipe.hset(keys.users_name, conn.id, conn.name)
+        pipe.zadd(keys.activity_ranking, {conn.id: conn.activity}, gt=True)
+        pipe.sadd(keys.server_users(self.server_id), conn.id)
+        pipe.execute()
 
     def reap_dead_servers(self) -> None:
         """Remove the users of every server process whose heartbeat expired.
@@ -693,9 +802,24 @@ class ChatServer:
         for server_id in others:
             pipe.exists(keys.server_alive(server_id))
         for server_id, alive in zip(others, pipe.execute()):
-            if not alive and self.rdb.srem(keys.servers, server_id):
+            if not alive and self._claim_dead_server(server_id):
                 logger.warning("server %s is dead: removing its users", server_id)
                 self.cleanup_server(server_id)
+
+    def _claim_dead_server(self, server_id: str) -> bool:
+        """Take a dead server off the list, unless it came back meanwhile; True: ours to clean."""
+        keys = self.keys
+        with self.rdb.pipeline() as pipe:
+            try:
+                pipe.watch(keys.server_alive(server_id))
+                if pipe.exists(keys.server_alive(server_id)):
+                    return False
+                pipe.multi()
+                pipe.srem(keys.servers, server_id)
+                (removed,) = pipe.execute()
+                return bool(removed)
+            except redis.WatchError:
+                return False  # its heartbeat came back
 
     def cleanup_server(self, server_id: str) -> None:
         """Remove and announce every user a (dead or previous) process left behind."""
@@ -714,8 +838,7 @@ class ChatServer:
         pipe.srem(keys.server_users(server_id), user_id)
         if name is not None:
             name = name.decode()
-            if self.get_users_channel(name) == user_id:
-                pipe.hdel(keys.users_by_name, p.name_key(name))
+            self.release_name(p.name_key(name), user_id)
             pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=name)))
         pipe.execute()
         logger.info("removed user %s (%s) of server %s", user_id, name, server_id)
@@ -733,13 +856,13 @@ class ChatServer:
 
     def note_redis_down(self) -> None:
         """Tell every local user, once, that Redis is unreachable."""
+        self._reconcile_needed.set()  # even if already down: a reconcile may have been cut short
         with self._redis_state_lock:
             if self._redis_down:
                 return
             self._redis_down = True
-            self._reconcile_needed.set()
         logger.error("lost the connection to Redis")
-        self._notify_all("redis_lost")
+        self._notices.put("redis_lost")
         self._wake_heartbeat.set()
 
     def note_redis_up(self) -> None:
@@ -749,13 +872,15 @@ class ChatServer:
                 return
             self._redis_down = False
         logger.warning("Redis is reachable again")
-        self._notify_all("redis_back")
+        self._notices.put("redis_back")
 
-    def _notify_all(self, key: str) -> None:
-        with self._connections_lock:
-            connections = list(self.connections)
-        for conn in connections:
-            conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text(key)))
+    def notifier_loop(self) -> None:
+        """Send queued notices to every local user until shutdown."""
+        while (key := self._notices.get()) is not None:
+            with self._connections_lock:
+                connections = list(self.connections)
+            for conn in connections:
+                conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text(key)))
 
     # --- reading and dispatch (Go: readClient, writeToRedis, messageProcessing)
 
@@ -774,6 +899,10 @@ class ChatServer:
                 msg = reader.read()
             except InvalidUtf8 as exc:
                 logger.info("%r: %s", conn, exc)
+                if not conn.bucket.take():
+                    if self.refuse_flood(conn):
+                        continue
+                    return
                 self.reply_system(conn, self.text("bad_utf8"))
                 continue
             except FrameTimeout as exc:
@@ -866,9 +995,13 @@ class ChatServer:
             if result == 1:
                 ok_mark = p.CHANGE_NAME_FIRST_OK if mark == p.CHANGE_NAME_FIRST else p.CHANGE_NAME_OK
                 self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, ok_mark, message))
-                if mark == p.CHANGE_NAME_FIRST:
+                # Original: every changeNameFirst announced a join again; a
+                # repeated one is a plain rename here, or it would let one user
+                # make the room re-send joins and history at will.
+                if mark == p.CHANGE_NAME_FIRST and not conn.joined:
+                    conn.joined = True
                     joined = self.text("joined", name=conn.name)
-                    pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
+                    self.rdb.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
                     self.send_history(conn)
             elif result == 2:
                 # The original answers a taken name with changeNameFirst0 for
@@ -889,9 +1022,10 @@ class ChatServer:
                 # Original: delivered as a system message without the sender's
                 # name in the Go client's rendering, and not echoed.
                 payload = p.join_message(p.INDIVIDUAL, conn.name, p.PRIVATE_IN, message)
-                if self.fits(payload):
+                echo = p.join_message(p.INDIVIDUAL, target, p.PRIVATE_SENT, message)
+                if self.fits(payload) and self.fits(echo):
                     pipe.publish(keys.personal(target_id), payload)
-                    self.reply(conn, p.join_message(p.INDIVIDUAL, target, p.PRIVATE_SENT, message))
+                    self.reply(conn, echo)
                 else:
                     self.reply_too_long(conn)
         elif mark == p.WHO:
@@ -942,20 +1076,38 @@ class ChatServer:
             return 2, problem
         keys = self.keys
         key = p.name_key(new_name)
-        if not self.rdb.hsetnx(keys.users_by_name, key, conn.id) and self.get_users_channel(new_name) != conn.id:
-            return 2, "name_taken"
-        try:
-            pipe = self.rdb.pipeline()
-            pipe.hset(keys.users_name, conn.id, new_name)
-            if conn.name_key != key:
-                pipe.hdel(keys.users_by_name, conn.name_key)
-            pipe.execute()
-        except redis.RedisError as exc:
-            logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
-            return 0, "rename_failed"
+        with conn.state_lock:
+            if not self.rdb.hsetnx(keys.users_by_name, key, conn.id) and self.get_users_channel(new_name) != conn.id:
+                return 2, "name_taken"
+            try:
+                self.rdb.hset(keys.users_name, conn.id, new_name)
+                if conn.name_key != key:
+                    self.release_name(conn.name_key, conn.id)
+            except redis.RedisError as exc:
+                logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
+                return 0, "rename_failed"
+            conn.name, conn.name_key = new_name, key
         logger.info("%r: renamed to %r", conn, new_name)
-        conn.name, conn.name_key = new_name, key
         return 1, ""
+
+    def release_name(self, key: str, user_id: str) -> None:
+        """Free a name only if ``user_id`` still holds it (compare and delete).
+
+        Unconditional deletes could free a name another process gave to
+        someone else meanwhile, e.g. after this process was taken for dead.
+        """
+        with self.rdb.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.users_by_name)
+                    if (pipe.hget(self.keys.users_by_name, key) or b"").decode() != user_id:
+                        return
+                    pipe.multi()
+                    pipe.hdel(self.keys.users_by_name, key)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # another name changed meanwhile: look again
 
     def get_users_channel(self, name: str) -> str | None:
         """The id (personal channel) of the user called ``name``, or None."""
@@ -1003,10 +1155,23 @@ class ChatServer:
             pipe.ltrim(self.keys.history, 0, self.config.history - 1)
 
     def send_history(self, conn: Connection) -> None:
-        """Send the kept public messages, oldest first, as ``history:`` payloads."""
-        if self.config.history > 0:
-            for entry in reversed(self.rdb.lrange(self.keys.history, 0, self.config.history - 1)):
-                conn.send_payload(f"{p.HISTORY}:".encode() + entry)
+        """Send the kept public messages, oldest first, as ``history:`` payloads.
+
+        Only the newest that fit in one write of WRITE_LIMIT bytes: more frames
+        back to back could end the Go client's 4096-byte read buffer inside a
+        frame, which makes it spin forever.
+        """
+        if self.config.history <= 0:
+            return
+        payloads, size = [], 0
+        for entry in self.rdb.lrange(self.keys.history, 0, self.config.history - 1):
+            payload = f"{p.HISTORY}:".encode() + entry
+            size += len(payload) + 1 + 4  # "\n" and the frame header
+            if size > WRITE_LIMIT:
+                break
+            payloads.append(payload)
+        if payloads:
+            conn.send_payloads(reversed(payloads))
 
     def update_activity(self, conn: Connection, pipe) -> None:
         """Count one handled message for the user (queued on ``pipe``)."""
@@ -1071,6 +1236,20 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, micro))
 
 
+#: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
+PUBSUB_READ_SIZE = 16384
+
+
+def _no_driver_info() -> dict:
+    """Keyword arguments that turn CLIENT SETINFO off (redis-py >= 8 spells it ``driver_info``)."""
+    import inspect
+
+    connection = getattr(redis.connection, "AbstractConnection", redis.Connection)
+    if "driver_info" in inspect.signature(connection.__init__).parameters:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
 def connect_redis(config: Config) -> redis.Redis:
     """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
 
@@ -1086,7 +1265,19 @@ def connect_redis(config: Config) -> redis.Redis:
             connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(), max_connections=pool_size
         )
         return redis.Redis(connection_pool=pool)
-    client = redis.Redis.from_url(config.redis_url, max_connections=pool_size, socket_connect_timeout=5)
+    client = redis.Redis.from_url(
+        config.redis_url,
+        max_connections=pool_size,
+        socket_connect_timeout=5,
+        # Each connection's read buffer, allocated (and touched) up front:
+        # redis-py's 64 KiB made two pub/sub connections 128 KiB of every
+        # user's memory.  16 KiB still holds ~200 chat messages per read.
+        socket_read_size=PUBSUB_READ_SIZE,
+        # No CLIENT SETINFO: it costs every new connection (two per login)
+        # two round trips, and redis-py looks its own version up on disk for
+        # each connection while holding the pool's lock.
+        **_no_driver_info(),
+    )
     try:
         client.ping()
     except redis.RedisError as exc:

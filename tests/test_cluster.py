@@ -218,3 +218,22 @@ def test_graceful_shutdown_of_one_process_leaves_the_others_undisturbed(cluster)
     carol.expect("channel:channel1:bob:still here\n")
     assert online_count(carol, "carol") == 2
     assert bob.seen.count(left("alice")) == 1
+
+
+@pytest.mark.parametrize("redis_kind", ["real"], indirect=True)  # FLUSHALL of a shared real Redis
+def test_after_redis_loses_its_data_new_users_never_get_a_live_users_id(make_server, redis_client):
+    server = make_server(dead_after=0.6)  # heartbeat every 0.2 s
+    alice = RawClient(server.port)
+    alice.login("alice")
+    alice_id = redis_client.hget(server.keys.users_by_name, "alice").decode()
+    redis_client.flushall()
+    deadline = time.monotonic() + 10
+    while redis_client.hget(server.keys.users_name, alice_id) != b"alice":  # wait for re-registration
+        assert time.monotonic() < deadline, "the server never registered alice again"
+        time.sleep(0.05)
+    bob = RawClient(server.port)
+    bob.login("bob")
+    assert redis_client.hget(server.keys.users_by_name, "bob").decode() != alice_id
+    bob.send("individual:alice::just you")
+    alice.expect("individual:bob:private:just you\n")
+    assert online_count(alice, "alice") == 2

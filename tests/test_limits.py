@@ -177,9 +177,8 @@ def test_a_client_that_stops_reading_is_dropped_without_delaying_others(make_ser
     assert server.wait_for_connections(1, 10)
 
 
-def test_redis_dropping_a_subscriber_disconnects_that_user_cleanly(make_server, redis_kind, redis_client):
-    if redis_kind != "real":
-        pytest.skip("fakeredis has no CLIENT KILL")
+@pytest.mark.parametrize("redis_kind", ["real"], indirect=True)  # fakeredis has no CLIENT KILL
+def test_redis_dropping_a_subscriber_disconnects_that_user_cleanly(make_server, redis_client):
     server = make_server()
     alice = RawClient(server.port)
     alice.login("alice")
@@ -252,3 +251,31 @@ def test_the_server_raises_its_open_file_limit_to_the_hard_limit():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_invalid_utf8_frames_count_against_the_rate_limit(make_server):
+    server = make_server(rate_limit=1, rate_burst=3)
+    flooder = RawClient(server.port)
+    try:
+        flooder.send_raw(b"\x01\x00\x00\x00\xff" * 50)
+    except OSError:
+        pass
+    frames = flooder.expect_closed()
+    assert frames.count("individual:guest-1:系统消息:Message is not valid UTF-8\n") <= 3
+    assert any("Still flooding" in f for f in frames)
+
+
+def test_out_of_threads_for_a_listener_the_client_is_told_and_nothing_leaks(make_server, monkeypatch):
+    server = make_server()
+    start = threading.Thread.start
+
+    def failing_start(thread):
+        if getattr(thread, "_target", None) == server.personal_message:
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    client = RawClient(server.port)
+    assert closed_with(client, "The server is out of resources, please try again later")
+    assert server.wait_for_released(1, 10)
+    assert server.connections == set() and server._per_ip == {}

@@ -216,13 +216,56 @@ def test_newcomers_get_the_recent_public_messages_with_their_times(make_server):
         alice.expect("channel:channel1:alice:m4\n")
         bob.send("individual::changeNameFirst:bob")
         bob.expect("individual:bob:changeNameFirst1:bob\n")
-        history = [bob.recv() for _ in range(3)]
+        history = [bob.expect(lambda f: f.startswith("history:")) for _ in range(3)]
         assert [fields(h)[0] for h in history] == ["history"] * 3
         assert [fields(h)[2:] for h in history] == [["alice", "m2"], ["alice", "m3"], ["alice", "m4"]]
         assert all(abs(int(fields(h)[1]) - time.time()) < 60 for h in history)
     finally:
         alice.close()
         bob.close()
+
+
+def test_history_is_cut_to_one_write_the_go_client_can_decode(make_server):
+    server = make_server(history=50)
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        for i in range(50):
+            alice.send(f"channel:channel1::{i:02} " + "x" * 100)
+        alice.expect(lambda f: f.startswith("channel:channel1:alice:49 "))
+        bob.login("bob")
+        bob.send("channel:channel1::marker")
+        bob.expect("channel:channel1:bob:marker\n")
+        history = [f for f in bob.seen if f.startswith("history:")]
+        assert sum(len(f.encode()) + 4 for f in history) <= 4096
+        assert fields(history[-1])[3] == "49 " + "x" * 100  # the newest, oldest first
+        assert len(history) == 4096 // len(("history:0000000000:alice:00 " + "x" * 100 + "\n").encode() + b"1234")
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_repeated_first_nickname_is_a_plain_rename(connect):
+    alice, bob = connect(), connect()
+    bob.login("bob")
+    alice.login("alice")
+    alice.send("individual:alice:changeNameFirst:alicia")
+    alice.expect("individual:alicia:changeNameFirst1:alicia\n")
+    alice.send("channel:channel1::marker")
+    bob.expect("channel:channel1:alicia:marker\n")
+    assert bob.seen.count(JOIN.format("alice")) == 1 and JOIN.format("alicia") not in bob.seen
+
+
+def test_a_private_message_whose_echo_would_not_fit_is_refused_whole(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.login("bob")
+    text = "x" * (4092 - len("individual:alice:private:") - 1 - 1)  # delivery fits, echo does not
+    alice.send(f"individual:bob::{text}")
+    assert "Message too long" in alice.expect(lambda f: f.startswith("individual:"))
+    alice.send("individual:bob::short")
+    bob.expect("individual:alice:private:short\n")
+    assert not any(text in f for f in bob.seen)
 
 
 def test_history_zero_sends_no_history(make_server):
