@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run client test lint redis-server clean fuzz
+.PHONY: install run client test lint redis-server clean fuzz bench bench-quick
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,14 @@ clean:
 ## make fuzz: the fuzz tests with many more examples (FUZZ_EXAMPLES=2000 by default)
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q tests/test_fuzz.py
+
+## make bench: fan-out, fixed load, command round trips and capacity, on a real Redis and on the
+## embedded one; prints a table (about 25 minutes; ARGS="--scenarios fanout --backends real" ...)
+bench: $(STAMP)
+	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
+	$(PY) bench/run.py $(ARGS)
+
+## make bench-quick: one run of smaller scenarios, a smoke test of the benchmark (about 2 minutes)
+bench-quick: $(STAMP)
+	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
+	$(PY) bench/run.py --quick $(ARGS)

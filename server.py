@@ -92,6 +92,9 @@ class Config:
     server_id: str | None = None
     #: A server whose heartbeat is older than this is dead: a survivor removes its users.
     dead_after: float = 15.0
+    #: Seconds a busy pub/sub listener waits for more messages before it wakes (0 = never):
+    #: fewer thread wake-ups per delivery, for at most this much latency.
+    listener_linger: float = 0.01
 
 
 class Keys:
@@ -641,8 +644,7 @@ class ChatServer:
             return None
         return reader
 
-    @staticmethod
-    def _drain_hiredis(conn: Connection, sub: redis.client.PubSub, redis_conn, reader) -> None:
+    def _drain_hiredis(self, conn: Connection, sub: redis.client.PubSub, redis_conn, reader) -> None:
         """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
 
         One blocking ``recv`` per wake-up takes every byte Redis has written
@@ -654,6 +656,16 @@ class ChatServer:
         completes it.  The socket is made blocking: an idle room must not end
         a listener (redis-py's default socket timeout is 5 s), and a blocking
         ``recv`` is one system call where a timed one is two (poll, recv).
+
+        Fewer wake-ups: when two wake-ups come less than two lingers apart,
+        the room is busy, and the next ``recv`` lingers (SO_RCVLOWAT +
+        SO_RCVTIMEO): the kernel wakes the thread when LINGER_BYTES have
+        arrived or ``listener_linger`` seconds have passed, whichever is first,
+        so one wake-up carries several messages instead of one each.  A linger
+        that passes with nothing arrived puts the socket back to plain
+        blocking: an idle listener never wakes, sparse messages (joins, a quiet
+        room) go out at once, and only a busy room pays up to one linger of
+        latency.
         """
         from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
@@ -663,6 +675,12 @@ class ChatServer:
         recv_into = sock.recv_into
         gets = reader.gets
         feed = reader.feed
+        setsockopt = sock.setsockopt
+        seconds = self.config.listener_linger
+        linger = _timeval(seconds) if seconds > 0 else None
+        lingering = False
+        monotonic = time.monotonic
+        last_wake = 0.0
         while sub.subscribed:
             payloads = []
             while len(payloads) < DRAIN_LIMIT:
@@ -682,10 +700,23 @@ class ChatServer:
                     continue  # more whole replies may be parsed already
             if not sub.subscribed:
                 return
-            received = recv_into(buffer)
+            try:
+                received = recv_into(buffer)
+            except BlockingIOError:  # a linger passed with nothing: idle again
+                setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+                lingering = False
+                continue
             if not received:
                 raise redis.ConnectionError("Redis closed the pub/sub connection")
             feed(buffer, 0, received)
+            if linger is not None and not lingering:
+                now = monotonic()
+                if now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
+                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LINGER_BYTES)
+                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, linger)
+                    lingering = True
+                last_wake = now
 
     def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
         """Reconnect a subscription, with backoff, while its client stays; False if it left."""
@@ -1238,6 +1269,15 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
 
 #: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
 PUBSUB_READ_SIZE = 16384
+#: A busy listener's wake-up threshold (SO_RCVLOWAT): about a hundred chat messages.
+LINGER_BYTES = PUBSUB_READ_SIZE // 2
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
+
+
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def _no_driver_info() -> dict:
@@ -1248,6 +1288,24 @@ def _no_driver_info() -> dict:
     if "driver_info" in inspect.signature(connection.__init__).parameters:
         return {"driver_info": None}
     return {"lib_name": None, "lib_version": None}
+
+
+class _PooledConnection(redis.Connection):
+    """A Redis connection whose pool check costs no system call.
+
+    redis-py's pool asks ``can_read(0)`` of every connection it hands out, to
+    catch one returned with a reply unread: a ``poll()``, which releases the
+    GIL and, in a busy room, waits to take it back behind every woken
+    listener, on each command.  Our connections are only ever returned with
+    their replies read (redis-py disconnects one whose read failed), so with
+    hiredis the check looks at the parser's buffer only.
+    """
+
+    def can_read(self, timeout: float = 0) -> bool:
+        reader = getattr(self._parser, "_reader", None)
+        if timeout == 0 and reader is not None:
+            return bool(reader.has_data())
+        return super().can_read(timeout)
 
 
 def connect_redis(config: Config) -> redis.Redis:
@@ -1269,6 +1327,12 @@ def connect_redis(config: Config) -> redis.Redis:
         config.redis_url,
         max_connections=pool_size,
         socket_connect_timeout=5,
+        connection_class=_PooledConnection,
+        # Listeners block on their sockets without a timeout: keepalive makes a
+        # Redis that vanished without a FIN (a partition, a dead host) an error
+        # within about a minute, so they resubscribe instead of staying deaf.
+        socket_keepalive=True,
+        socket_keepalive_options={socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3},
         # Each connection's read buffer, allocated (and touched) up front:
         # redis-py's 64 KiB made two pub/sub connections 128 KiB of every
         # user's memory.  16 KiB still holds ~200 chat messages per read.

@@ -1,0 +1,828 @@
+"""make bench: fan-out throughput, latency and capacity of the chat server.
+
+The server runs as its own process (``server.py --port P [--redis-url U]``),
+on a redis-server this script starts on a free port (never 6379) or on the
+embedded fakeredis.  The clients live in worker processes (``loadgen.py``),
+each serving its share from one epoll loop, so that the load generator is not
+the bottleneck; its CPU use is reported beside the server's and Redis's.
+Every figure is the median of ``--runs`` runs, each on a fresh server process.
+
+Scenarios (``--scenarios``, comma-separated):
+
+  fanout    N = 50, 200, 1000 clients; 10 send 200 numbered messages each, at
+            most 16 unacknowledged (a sender's own echo acknowledges).
+  fixed     N = 200; 10 senders at 10 messages/s for 20 s (20,000 deliveries/s).
+  rtt       ./online and ./activity round trips with 10 and 1000 users online.
+  capacity  connect and name up to 3,000 clients, then one broadcast to all.
+
+Only loopback traffic; every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redis
+from loadgen import name_of, worker_main
+
+from framing import FrameReader, encode
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# --- /proc readings ------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return {"rss_kb": int(out["VmRSS"].split()[0]), "threads": int(out["Threads"])}
+
+
+def proc_ctxsw(pid: int) -> int:
+    """Context switches (voluntary + not) summed over the live threads."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches" in line:
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Probe:
+    """CPU and context switches of the server, Redis and the workers over an interval."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+
+    def snap(self) -> dict:
+        b = self.bench
+        snap = {
+            "t": time.monotonic(),
+            "server_cpu": proc_cpu(b.server.pid),
+            "ctxsw": proc_ctxsw(b.server.pid),
+        }
+        if b.redis_proc is not None:
+            snap["redis_cpu"] = proc_cpu(b.redis_proc.pid)
+        snap["loadgen_cpu"] = sum(proc_cpu(w.pid) for w in b.workers)
+        return snap
+
+    @staticmethod
+    def diff(a: dict, b: dict) -> dict:
+        dt = b["t"] - a["t"]
+        out = {"seconds": dt, "ctxsw": b["ctxsw"] - a["ctxsw"]}
+        for key in ("server_cpu", "redis_cpu", "loadgen_cpu"):
+            if key in a:
+                out[key] = (b[key] - a[key]) / dt if dt > 0 else 0.0
+        return out
+
+
+# --- one server under test -------------------------------------------------------
+
+
+class Bench:
+    """A server process (and its redis-server), plus the worker processes."""
+
+    def __init__(self, args, backend: str) -> None:
+        self.args = args
+        self.backend = backend
+        self.redis_proc: subprocess.Popen | None = None
+        self.redis_url: str | None = None
+        self.server: subprocess.Popen | None = None
+        self.port = 0
+        self.workers: list[multiprocessing.Process] = []
+        self.pipes = []
+        self._limits_off: list[str] | None = None
+        self.log = open(args.log_dir / f"server-{backend}.log", "ab")  # noqa: SIM115 - closed by close()
+
+    # Redis lives as long as the backend; the server is new for every run.
+    def start_redis(self) -> None:
+        if self.backend != "real":
+            return
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        cmd = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxclients",
+            "15000",
+            "--loglevel",
+            "warning",
+        ]
+        self.redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.redis_proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop_redis(self) -> None:
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+            self.redis_proc.wait(10)
+            self.redis_proc = None
+
+    def pythonpath(self) -> str:
+        """The server's PYTHONPATH; with --no-hiredis, a stub that makes ``import hiredis`` fail first."""
+        if not self.args.no_hiredis:
+            return str(ROOT)
+        stub = self.args.log_dir / "no-hiredis"
+        stub.mkdir(parents=True, exist_ok=True)
+        (stub / "hiredis.py").write_text('raise ImportError("hiredis hidden by bench --no-hiredis")\n')
+        return f"{stub}{os.pathsep}{ROOT}"
+
+    def limits_off(self) -> list[str]:
+        """Arguments that switch off the server's flood and per-address limits, if it has them."""
+        if self._limits_off is None:
+            help_text = subprocess.run(
+                [sys.executable, str(self.args.server), "--help"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                timeout=60,
+            ).stdout
+            self._limits_off = [
+                arg
+                for flag in ("--rate-limit", "--max-per-ip", "--idle-timeout")
+                if flag in help_text
+                for arg in (flag, "0")
+            ]
+        return self._limits_off
+
+    def start_server(self) -> None:
+        self.port = free_port()
+        cmd = [
+            *self.args.server_prefix.split(),
+            sys.executable,
+            str(self.args.server),
+            "--port",
+            str(self.port),
+            "--max-clients",
+            "4000",
+        ]
+        if self.redis_url:
+            cmd += ["--redis-url", self.redis_url]
+        cmd += self.limits_off() + self.args.server_arg
+        # PYTHONPATH: a server script copied elsewhere (an older variant) still imports ours.
+        env = {**os.environ, "PYTHONPATH": self.pythonpath()}
+        self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log)
+        line = self.server.stdout.readline()  # "chatroom server listening on ..."
+        if b"listening" not in line:
+            raise RuntimeError(f"server did not start: {line!r}; see {self.log.name}")
+        self.server.stdout.close()
+        # Workers: forked now, so each run starts with fresh processes.
+        ctx = multiprocessing.get_context("fork")
+        for _ in range(self.args.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(self.port, child), daemon=True)
+            proc.start()
+            self.workers.append(proc)
+            self.pipes.append(parent)
+
+    def stop_server(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(("close",))
+            except OSError:
+                pass
+        for pipe in self.pipes:
+            if pipe.poll(30):
+                try:
+                    pipe.recv()
+                except EOFError:
+                    pass
+        for proc in self.workers:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        self.workers, self.pipes = [], []
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait(10)
+            self.server = None
+
+    # --- commands to every worker ------------------------------------------------
+
+    def all(self, commands: list[tuple], timeout: float) -> list[dict]:
+        for pipe, command in zip(self.pipes, commands):
+            pipe.send(command)
+        replies = []
+        deadline = time.monotonic() + timeout
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"a worker did not answer {commands[0][0]!r} within {timeout} s")
+            replies.append(pipe.recv())
+        return replies
+
+    def login(self, count: int, window: int, timeout: float, first: int = 0) -> dict:
+        """Log in clients first..first+count-1, split evenly over the workers."""
+        nw = len(self.pipes)
+        commands = []
+        start = first
+        for w in range(nw):
+            share = count // nw + (1 if w < count % nw else 0)
+            commands.append(("login", start, share, window, timeout))
+            start += share
+        t0 = time.monotonic()
+        replies = self.all(commands, timeout + 30)
+        elapsed = time.monotonic() - t0
+        login_us = array("q")
+        for r in replies:
+            login_us.frombytes(r["login_us"])
+        return {
+            "logged_in": sum(r["logged_in"] for r in replies),
+            "failed": sum(r["failed"] for r in replies),
+            "seconds": elapsed,
+            "login_us": login_us,
+            "errors": [e for r in replies for e in r["errors"]],
+        }
+
+    def quiet(self, seconds: float, timeout: float) -> bool:
+        replies = self.all([("quiet", seconds, timeout)] * len(self.pipes), timeout + 30)
+        return all(r["quiet"] for r in replies)
+
+    def chat(self, sender_indexes: list[int], count: int, *, window=None, rate=None, timeout: float) -> dict:
+        t0 = time.monotonic_ns() + 300_000_000
+        spec = {
+            "count": count,
+            "window": window,
+            "rate": rate,
+            "t0": t0,
+            "deadline": t0 + int(timeout * 1e9),
+            "sender_indexes": sender_indexes,
+            "sender_names": [name_of(i) for i in sender_indexes],
+        }
+        for pipe in self.pipes:
+            pipe.send(("chat", spec))
+        while time.monotonic_ns() < t0:
+            time.sleep(0.01)
+        before = Probe(self).snap()
+        replies = []
+        for pipe in self.pipes:
+            if not pipe.poll(timeout + 30):
+                raise RuntimeError("a worker did not finish its chat run")
+            replies.append(pipe.recv())
+        after = Probe(self).snap()
+        usage = Probe.diff(before, after)
+        lat = array("q")
+        for r in replies:
+            lat.frombytes(r["latencies"])
+        last = max(r["last_recv"] for r in replies)
+        out = {
+            key: sum(r[key] for r in replies)
+            for key in (
+                "delivered",
+                "expected",
+                "lost",
+                "duplicated",
+                "reordered",
+                "misattributed",
+                "foreign",
+                "sent",
+            )
+        }
+        span = (last - t0) / 1e9 if last else float("nan")
+        out["span"] = span
+        out["rate"] = out["delivered"] / span if last else 0.0
+        out["timed_out"] = any(r["timed_out"] for r in replies)
+        if out["timed_out"]:
+            # Not lost: still on their way when the run's time was up.
+            out["undelivered"] = out.pop("lost")
+            out["lost"] = None
+        out["loadgen_cpu"] = sum(r["cpu"] for r in replies) / span if last else 0.0
+        out["server_cpu"] = usage.get("server_cpu")
+        out["redis_cpu"] = usage.get("redis_cpu")
+        out["ctxsw_per_delivery"] = usage["ctxsw"] / out["delivered"] if out["delivered"] else None
+        out.update(percentiles(lat))
+        out["errors"] = [e for r in replies for e in r["errors"]]
+        return out
+
+    def close(self) -> None:
+        self.stop_server()
+        self.stop_redis()
+        self.log.close()
+
+
+def percentiles(values: array) -> dict:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    s = sorted(values)
+    n = len(s)
+    return {
+        "p50_ms": s[n // 2] / 1000,
+        "p99_ms": s[min(n - 1, (n * 99) // 100)] / 1000,
+        "max_ms": s[-1] / 1000,
+    }
+
+
+def senders_for(n: int, k: int) -> list[int]:
+    """k sender indexes spread evenly over n clients (so every worker has some)."""
+    return [i * n // k for i in range(k)]
+
+
+# --- scenarios ------------------------------------------------------------------
+
+
+def log_in_room(bench: Bench, n: int, args) -> None:
+    login = bench.login(n, args.login_window, timeout=args.login_timeout)
+    if login["logged_in"] < n:
+        raise RuntimeError(f"only {login['logged_in']}/{n} logged in: {login['errors'][:3]}")
+    bench.quiet(0.3, 60)
+
+
+def settle_after(bench: Bench, result: dict) -> bool:
+    """Let the room go quiet before the next run; False if it stays busy (a run that timed out
+    leaves deliveries in flight, which the next run would count as its own)."""
+    return bench.quiet(0.5, 60 if result.get("timed_out") else 30)
+
+
+def run_fanout(bench: Bench, n: int, args):
+    """N clients log in once; then ``runs`` fan-out runs in that room."""
+    log_in_room(bench, n, args)
+    for _ in range(args.runs):
+        result = bench.chat(senders_for(n, 10), args.messages, window=16, timeout=args.chat_timeout)
+        yield result
+        if not settle_after(bench, result):
+            return
+
+
+def run_fixed(bench: Bench, n: int, args):
+    log_in_room(bench, n, args)
+    count = int(args.fixed_rate * args.fixed_seconds)
+    for _ in range(args.runs):
+        result = bench.chat(senders_for(n, 10), count, rate=args.fixed_rate, timeout=args.fixed_seconds + 30)
+        yield result
+        if not settle_after(bench, result):
+            return
+
+
+def rtt_client(port: int, name: str) -> tuple[socket.socket, FrameReader]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = FrameReader(sock)
+    sock.sendall(encode(f"individual::changeNameFirst:{name}"))
+    wanted = f"individual:{name}:changeNameFirst1:{name}\n"
+    while reader.read() != wanted:
+        pass
+    return sock, reader
+
+
+def run_rtt(bench: Bench, n: int, args):
+    """N - 1 idle users plus one probe that asks, waits for the answer, asks again."""
+    if n > 1:
+        log_in_room(bench, n - 1, args)
+    name = "rtt-probe"
+    sock, reader = rtt_client(bench.port, name)
+    try:
+        for _ in range(args.runs):
+            out = {}
+            for label, payload, prefix in (
+                ("online", "channel:channel1:onlineList:", f"channel:channel1:{name}:"),
+                ("activity", "channel:channel1:activity:", "channel:channel1:系统消息:"),
+            ):
+                frame = encode(payload)
+                times = array("q")
+                for i in range(args.rtt_count + 20):
+                    t = time.perf_counter_ns()
+                    sock.sendall(frame)
+                    while True:
+                        reply = reader.read()
+                        if reply is None:
+                            raise RuntimeError("server closed the probe connection")
+                        if reply.startswith(prefix):
+                            break
+                    if i >= 20:  # warm-up
+                        times.append((time.perf_counter_ns() - t) // 1000)
+                    if label == "online" and not reply.endswith(f" {n}\n"):
+                        out["error"] = f"online count reply {reply!r}, expected {n}"
+                pct = percentiles(times)
+                out[f"{label}_p50_ms"] = pct["p50_ms"]
+                out[f"{label}_p99_ms"] = pct["p99_ms"]
+            yield out
+    finally:
+        sock.close()
+
+
+def run_capacity(bench: Bench, n: int, args):
+    """One run on a fresh server: logging in is what is measured."""
+    time.sleep(0.2)
+    base = proc_status(bench.server.pid)
+    before = Probe(bench).snap()
+    login = bench.login(n, args.capacity_window, timeout=args.capacity_timeout)
+    after_login = Probe(bench).snap()
+    logged = login["logged_in"]
+    t_quiet = time.monotonic()
+    quiet = bench.quiet(0.5, 60)
+    settle = time.monotonic() - t_quiet - 0.5
+    status = proc_status(bench.server.pid)
+    usage = Probe.diff(before, after_login)
+    out = {
+        "clients": logged,
+        "failed": login["failed"],
+        "login_s": login["seconds"],
+        "joins_settled_s": login["seconds"] + max(0.0, settle) if quiet else None,
+        "rss_kb_per_client": (status["rss_kb"] - base["rss_kb"]) / logged if logged else None,
+        "rss_mb": status["rss_kb"] / 1024,
+        "threads_per_client": (status["threads"] - base["threads"]) / logged if logged else None,
+        "login_server_cpu": usage.get("server_cpu"),
+        "login_redis_cpu": usage.get("redis_cpu"),
+        "login_loadgen_cpu": usage.get("loadgen_cpu"),
+        "errors": login["errors"][:3],
+    }
+    if logged:
+        # One broadcast to all: the time until the last client has it.
+        result = bench.chat([0], 1, window=1, timeout=60)
+        out["broadcast_all_ms"] = result["max_ms"]
+        out["broadcast_p50_ms"] = result["p50_ms"]
+        out["broadcast_lost"] = result["lost"]
+    yield out
+
+
+SCENARIOS = {
+    "fanout": (run_fanout, "sizes"),
+    "fixed": (run_fixed, "fixed_sizes"),
+    "rtt": (run_rtt, "rtt_sizes"),
+    "capacity": (run_capacity, "capacity_sizes"),
+}
+
+
+# --- the table ----------------------------------------------------------------
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, spec="{:.1f}") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return spec.format(value)
+
+
+def summarize(scenario: str, runs: list[dict]) -> dict:
+    good = [r for r in runs if "error" not in r]
+    keys = set().union(*(r.keys() for r in good)) if good else set()
+    summary = {}
+    for key in keys:
+        values = [r.get(key) for r in good]
+        if all(isinstance(v, (int, float)) or v is None for v in values):
+            summary[key] = median(values)
+    summary["runs"] = len(good)
+    summary["errors"] = [r["error"] for r in runs if "error" in r] + [
+        e for r in good for e in r.get("errors", [])
+    ][:3]
+    if scenario in ("fanout", "fixed"):
+        summary["rates"] = [r.get("rate") for r in good]
+        # Correctness is summed over the runs, not a median: every one must be 0.
+        for key in ("lost", "duplicated", "reordered", "misattributed"):
+            values = [r.get(key) for r in good]
+            summary[key] = None if None in values else sum(values)
+        summary["timed_out"] = sum(1 for r in good if r.get("timed_out"))
+    return summary
+
+
+def print_tables(results: dict, out=sys.stdout) -> None:
+    def p(line=""):
+        print(line, file=out)
+
+    by = {}
+    for (scenario, backend, n), summary in results.items():
+        by.setdefault(scenario, []).append((backend, n, summary))
+    if "fanout" in by:
+        p("\n## Fan-out (10 senders x 200 messages, window 16) - medians")
+        p(
+            "| backend | N | deliveries/s | runs (deliveries/s) | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
+            "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery |"
+        )
+        p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
+        for backend, n, s in by["fanout"]:
+            runs = " / ".join(fmt(r, "{:,.0f}") for r in s.get("rates", []))
+            p(
+                f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {runs} | {fmt(s.get('p50_ms'))} "
+                f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
+                f"| {'n/a' if s.get('lost') is None else s['lost']}/{s.get('duplicated', '-')}/{s.get('reordered', '-')}/"
+                f"{s.get('misattributed', '-')} | {fmt(pct(s.get('server_cpu')), '{:.0f}%')} "
+                f"| {fmt(pct(s.get('redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('loadgen_cpu')), '{:.0f}%')} "
+                f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} |{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "fixed" in by:
+        p("\n## Fixed load (10 senders x 10 msg/s, 20,000 deliveries/s offered) - medians")
+        p(
+            "| backend | N | delivered/s | p50 ms | p99 ms | max ms | lost/dup/reord/misattr | server CPU "
+            "| redis CPU | loadgen CPU |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+        for backend, n, s in by["fixed"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {fmt(s.get('p50_ms'))} "
+                f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
+                f"| {'n/a' if s.get('lost') is None else s['lost']}/{s.get('duplicated', '-')}/{s.get('reordered', '-')}/"
+                f"{s.get('misattributed', '-')} | {fmt(pct(s.get('server_cpu')), '{:.0f}%')} "
+                f"| {fmt(pct(s.get('redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('loadgen_cpu')), '{:.0f}%')} |"
+                f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "rtt" in by:
+        p("\n## Command round trip - medians")
+        p(
+            "| backend | users online | ./online p50 ms | ./online p99 ms | ./activity p50 ms | ./activity p99 ms |"
+        )
+        p("|---|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["rtt"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('online_p50_ms'), '{:.2f}')} | {fmt(s.get('online_p99_ms'), '{:.2f}')} "
+                f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} |"
+                f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "capacity" in by:
+        p("\n## Capacity (each login broadcasts a join notice to everyone already there) - medians")
+        p(
+            "| backend | target | logged in | login s | joins settled s | RSS MB | RSS KB/client | threads/client "
+            "| broadcast to all ms | server CPU | redis CPU | loadgen CPU |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["capacity"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('clients'), '{:.0f}')} | {fmt(s.get('login_s'))} "
+                f"| {fmt(s.get('joins_settled_s'))} | {fmt(s.get('rss_mb'), '{:.0f}')} "
+                f"| {fmt(s.get('rss_kb_per_client'), '{:.0f}')} | {fmt(s.get('threads_per_client'), '{:.2f}')} "
+                f"| {fmt(s.get('broadcast_all_ms'))} | {fmt(pct(s.get('login_server_cpu')), '{:.0f}%')} "
+                f"| {fmt(pct(s.get('login_redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('login_loadgen_cpu')), '{:.0f}%')} |"
+                f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if NOTES:
+        p()
+    for i, note in enumerate(NOTES, start=1):
+        p(f"[{i}] {note}")
+    p(
+        "\nCPU: share of one core over the measured interval (200% = both cores). "
+        "ctxsw/delivery: the server's context switches per delivery."
+    )
+
+
+def pct(value):
+    return None if value is None else value * 100
+
+
+NOTES: list[str] = []
+
+
+def flag(summary: dict, label: str = "") -> str:
+    """Record what a row's figures need said about them; the mark points at the note."""
+    notes = []
+    if summary.get("runs", 0) == 0:
+        notes.append("no successful run")
+    if summary.get("timed_out"):
+        notes.append(
+            f"{summary['timed_out']} run(s) hit the time limit; lost = n/a, rate = delivered so far / time"
+        )
+    notes += summary.get("errors", [])
+    if not notes:
+        return ""
+    NOTES.append(f"{label}: " + "; ".join(str(n) for n in notes)[:400])
+    return f" [{len(NOTES)}]"
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def report(scenario: str, backend: str, n: int, run: int, result: dict, t: float, raw: list) -> None:
+    raw.append({"scenario": scenario, "backend": backend, "n": n, "run": run, **result})
+    brief = {
+        k: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in result.items()
+        if k
+        in (
+            "rate",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "lost",
+            "error",
+            "clients",
+            "login_s",
+            "online_p50_ms",
+            "activity_p50_ms",
+            "server_cpu",
+            "loadgen_cpu",
+            "redis_cpu",
+            "ctxsw_per_delivery",
+            "rss_kb_per_client",
+            "broadcast_all_ms",
+            "timed_out",
+        )
+    }
+    print(
+        f"  {scenario} {backend} N={n} run {run}: {brief} ({time.monotonic() - t:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenarios", default="fanout,fixed,rtt,capacity")
+    parser.add_argument("--backends", default="real,embedded", help="real (redis-server) and/or embedded")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 run, smaller sizes: a smoke test")
+    parser.add_argument("--sizes", default="50,200,1000", help="fan-out client counts")
+    parser.add_argument("--fixed-sizes", default="200")
+    parser.add_argument("--rtt-sizes", default="10,1000")
+    parser.add_argument("--capacity-sizes", default="3000")
+    parser.add_argument(
+        "--embedded-sizes",
+        default="50,200",
+        help="fan-out sizes on the embedded backend (fakeredis manages ~9,000 deliveries/s: N=1000 would "
+        "only time out, for minutes; pass 50,200,1000 to see it do so)",
+    )
+    parser.add_argument("--messages", type=int, default=200, help="per sender, fan-out")
+    parser.add_argument("--fixed-rate", type=float, default=10.0)
+    parser.add_argument("--fixed-seconds", type=float, default=20.0)
+    parser.add_argument("--rtt-count", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--login-window", type=int, default=16, help="concurrent logins per worker")
+    parser.add_argument("--capacity-window", type=int, default=16, help="concurrent logins per worker")
+    parser.add_argument(
+        "--capacity-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to log the clients in: the target is 3,000 within 60 s",
+    )
+    parser.add_argument("--chat-timeout", type=float, default=60.0, help="seconds per fan-out run at most")
+    parser.add_argument("--login-timeout", type=float, default=180.0, help="seconds to log a room in at most")
+    parser.add_argument(
+        "--server", type=Path, default=ROOT / "server.py", help="the server script to measure"
+    )
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra server argument (repeatable)"
+    )
+    parser.add_argument(
+        "--server-prefix", default="", help='command prefix for the server, e.g. "taskset -c 1"'
+    )
+    parser.add_argument(
+        "--no-hiredis", action="store_true", help="run the server as if hiredis were not installed"
+    )
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--log-dir", type=Path, default=ROOT / "bench" / "logs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = 1
+        args.sizes = "50,200"
+        args.rtt_sizes = "10,200"
+        args.capacity_sizes = "500"
+        args.fixed_seconds = 5.0
+    return args
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    try:
+        import hiredis
+
+        hi = f"hiredis {hiredis.__version__} installed"
+    except ImportError:
+        hi = "no hiredis"
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, "
+        f"redis-py {redis.__version__}, {hi}, {redis_version.split(' sha')[0]}"
+    )
+
+
+def main(argv=None) -> int:
+    # SIGTERM ends the benchmark through its finally blocks: servers, Redis and workers stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    args = parse_args(argv)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    nofile = raise_nofile()
+    hidden = " (hidden from the server)" if args.no_hiredis else ""
+    print(f"# make bench: {machine()}{hidden}; open files {nofile}; server {args.server}", flush=True)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    backends = [b for b in args.backends.split(",") if b]
+    results = {}
+    raw = []
+    t_all = time.monotonic()
+    for backend in backends:
+        bench = Bench(args, backend)
+        try:
+            bench.start_redis()
+            for scenario in scenarios:
+                func, sizes_attr = SCENARIOS[scenario]
+                sizes_text = getattr(args, sizes_attr)
+                if scenario == "fanout" and backend == "embedded" and args.embedded_sizes:
+                    sizes_text = args.embedded_sizes
+                for n in [int(x) for x in sizes_text.split(",") if x]:
+                    runs = []
+                    # Capacity measures logging in, so each run needs a fresh server;
+                    # the others log in once and measure ``runs`` times in that room.
+                    servers = args.runs if scenario == "capacity" else 1
+                    for _ in range(servers):
+                        t = time.monotonic()
+                        bench.start_server()
+                        try:
+                            for result in func(bench, n, args):
+                                runs.append(result)
+                                report(scenario, backend, n, len(runs), result, t, raw)
+                                t = time.monotonic()
+                        except Exception as exc:  # noqa: BLE001 - one failed run must not hide the others
+                            result = {"error": f"{type(exc).__name__}: {exc}"}
+                            runs.append(result)
+                            report(scenario, backend, n, len(runs), result, t, raw)
+                        finally:
+                            bench.stop_server()
+                    results[(scenario, backend, n)] = summarize(scenario, runs)
+        finally:
+            bench.close()
+    print_tables(results)
+    print(f"\n(total {time.monotonic() - t_all:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
