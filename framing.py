@@ -131,6 +131,14 @@ class FrameDecoder:
         except UnicodeDecodeError as exc:
             raise InvalidUtf8(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
 
+    def has_frame(self) -> bool:
+        """True when :meth:`next_frame` would not ask for more bytes (a frame, or an error)."""
+        buffer = self._buffer
+        if len(buffer) < HEADER_SIZE:
+            return False
+        (length,) = HEADER.unpack_from(buffer)
+        return length < 0 or length > self.max_frame or len(buffer) >= HEADER_SIZE + length
+
     def end_of_stream(self) -> None:
         """Signal EOF from the peer; raises :class:`TruncatedFrame` mid-frame."""
         if self._buffer:

@@ -129,6 +129,8 @@ QUIT = object()  # message_processing's answer when the user asked to leave
 
 #: Largest single socket write: whole frames only, within the Go client's 4096-byte read buffer.
 WRITE_LIMIT = 4096
+#: Most queued Redis commands a reader sends in one round trip (about 16 chat messages).
+BATCH_LIMIT = 64
 #: Most pub/sub messages a listener takes from its buffer per wake-up.
 DRAIN_LIMIT = 256
 
@@ -925,7 +927,20 @@ class ChatServer:
             frame_timeout=config.frame_timeout,
             idle_timeout=config.idle_timeout,
         )
+        pipe = self.rdb.pipeline(transaction=False)
+        try:
+            self._read_frames(conn, reader, pipe)
+        finally:
+            self.flush(conn, pipe)
+
+    def _read_frames(self, conn: Connection, reader: FrameReader, pipe) -> None:
         while True:
+            # The writes of every message already waiting go in one round
+            # trip: a sender with many frames in flight costs Redis, and every
+            # listener, one burst instead of one wake-up per message.  Before
+            # a read that may block, whatever is queued goes out.
+            if len(pipe) >= BATCH_LIMIT or (len(pipe) and not reader.decoder.has_frame()):
+                self.flush(conn, pipe)
             try:
                 msg = reader.read()
             except InvalidUtf8 as exc:
@@ -957,8 +972,19 @@ class ChatServer:
                     continue
                 return
             conn.refused_in_a_row = 0
-            if self.write_to_redis(conn, msg) is QUIT:
+            if self.write_to_redis(conn, msg, pipe) is QUIT:
                 return
+
+    def flush(self, conn: Connection, pipe) -> None:
+        """Execute the writes queued for this client's messages (one round trip)."""
+        if not len(pipe):
+            return
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            # Original: log.Fatalf, stopping the whole server.
+            logger.error("%r: Redis error while handling its messages: %s", conn, exc)
+            self.reply_system(conn, self.text("server_error"))
 
     def refuse_flood(self, conn: Connection) -> bool:
         """Refuse a message over the rate limit; False: disconnect the flooder."""
@@ -972,7 +998,7 @@ class ChatServer:
             self.reply_system(conn, self.text("flood_warning", rate=f"{conn.bucket.rate:g}"))
         return True
 
-    def write_to_redis(self, conn: Connection, msg: str) -> object:
+    def write_to_redis(self, conn: Connection, msg: str, pipe) -> object:
         """Handle one message as its own sender's.
 
         Original: RPUSH to one ``messageQueue`` list shared by all connections,
@@ -981,25 +1007,25 @@ class ChatServer:
         same goroutine popped at once), so the message goes straight on.
         """
         try:
-            return self.message_processing(conn, msg)
+            return self.message_processing(conn, msg, pipe)
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.
             logger.error("%r: Redis error while handling %r: %s", conn, msg, exc)
             self.reply_system(conn, self.text("server_error"))
             return None
 
-    def message_processing(self, conn: Connection, msg: str) -> object:
+    def message_processing(self, conn: Connection, msg: str, pipe) -> object:
         """Parse one payload, dispatch it, count it for the ranking.
 
-        Writes (publishes, the ranking) collect in one pipeline: one round
-        trip per message.  Original: slept one second per message first.
+        Writes (publishes, history, the ranking) are queued on ``pipe``, which
+        the reader executes once no further whole message is waiting: at most
+        one round trip per message.  Original: slept one second per message.
         """
         parts = p.split_message(msg)
         if parts is None:
             logger.info("%r: not four fields: %r", conn, msg)
             self.reply_system(conn, self.text("bad_format"))
             return None
-        pipe = self.rdb.pipeline(transaction=False)
         if parts.target_type == p.INDIVIDUAL:
             result = self.handle_individual_commands(conn, parts.target, parts.mark, parts.text, pipe)
         elif parts.target_type == p.CHANNEL:
@@ -1013,7 +1039,6 @@ class ChatServer:
             # ghost entry in the ranking.
             return QUIT
         self.update_activity(conn, pipe)
-        pipe.execute()
         return result
 
     # --- commands (Go: handleIndividualCommands, handleChannelCommands) -------

@@ -197,3 +197,16 @@ def test_the_first_frame_deadline_is_not_reset_by_partial_data():
         reader = FrameReader(right, first_frame_timeout=30, frame_timeout=100, clock=clock)
         with pytest.raises(FrameTimeout):
             reader.read()
+
+
+def test_has_frame_says_whether_a_read_would_need_more_bytes():
+    decoder = FrameDecoder(max_frame=10)
+    frame = encode("hello")
+    decoder.feed(frame[:6])
+    assert not decoder.has_frame()
+    decoder.feed(frame[6:] + b"\x01")
+    assert decoder.has_frame()
+    assert decoder.next_frame() == "hello"
+    assert not decoder.has_frame()
+    decoder.feed(b"\x00\x00\xff")  # a negative length: an error is ready to be raised
+    assert decoder.has_frame()
