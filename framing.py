@@ -145,6 +145,16 @@ class FrameDecoder:
             raise TruncatedFrame(f"stream ended {len(self._buffer)} bytes into a frame")
 
 
+def timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO / SO_SNDTIMEO; 0 means no timeout.
+
+    A positive timeout shorter than a microsecond is rounded up, never to 0.
+    """
+    whole = int(seconds)
+    micro = max(int((seconds - whole) * 1_000_000), 1 if seconds > 0 else 0)
+    return struct.pack("ll", whole, micro)
+
+
 class FrameReader:
     """Blocking frame reader over a socket (or anything with ``recv``).
 
@@ -233,6 +243,4 @@ class FrameReader:
         if seconds == self._armed:
             return
         self._armed = seconds
-        whole = int(seconds)
-        micro = max(int((seconds - whole) * 1_000_000), 1 if seconds else 0)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))

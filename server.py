@@ -41,7 +41,6 @@ import os
 import queue
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -50,7 +49,7 @@ from dataclasses import dataclass
 import redis
 
 import protocol as p
-from framing import MAX_FRAME, FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
+from framing import MAX_FRAME, FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes, timeval
 
 logger = logging.getLogger("chatroom.server")
 
@@ -679,7 +678,7 @@ class ChatServer:
         feed = reader.feed
         setsockopt = sock.setsockopt
         seconds = self.config.listener_linger
-        linger = _timeval(seconds) if seconds > 0 else None
+        linger = timeval(seconds) if seconds > 0 else None
         lingering = False
         monotonic = time.monotonic
         last_wake = 0.0
@@ -1287,22 +1286,14 @@ def raise_open_file_limit() -> None:
 def set_send_timeout(sock: socket.socket, seconds: float) -> None:
     """Bound blocking sends only (SO_SNDTIMEO), leaving reads to block freely."""
     if seconds and seconds > 0:
-        whole = int(seconds)
-        micro = int((seconds - whole) * 1_000_000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, micro))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(seconds))
 
 
 #: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
 PUBSUB_READ_SIZE = 16384
 #: A busy listener's wake-up threshold (SO_RCVLOWAT): about a hundred chat messages.
 LINGER_BYTES = PUBSUB_READ_SIZE // 2
-_NO_TIMEOUT = struct.pack("ll", 0, 0)
-
-
-def _timeval(seconds: float) -> bytes:
-    """A struct timeval for SO_RCVTIMEO."""
-    whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+_NO_TIMEOUT = timeval(0)
 
 
 def _no_driver_info() -> dict:
