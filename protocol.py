@@ -81,6 +81,24 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+GUEST_PREFIX = "guest-"
+
+
+def guest_name(user_id: str) -> str:
+    """The name a user has until it picks one; reserved, so only that user has it."""
+    return f"{GUEST_PREFIX}{user_id}"
+
+
+def guest_id(name: str) -> str | None:
+    """The user id a guest name stands for (``guest-7`` -> ``7``), or None if ``name`` is none."""
+    key = name_key(name)
+    if key.startswith(GUEST_PREFIX):
+        user_id = key[len(GUEST_PREFIX) :]
+        if user_id.isascii() and user_id.isdigit():
+            return user_id
+    return None
+
+
 def name_problem(name: str) -> str | None:
     """Return the text key saying why ``name`` is refused, or None if it is fine."""
     if not name:
@@ -94,7 +112,7 @@ def name_problem(name: str) -> str | None:
         return "name_colon"
     if any(unicodedata.category(c) in _FORBIDDEN_CATEGORIES for c in name):
         return "name_control"
-    if key in RESERVED_NAMES or key.startswith("guest-"):
+    if key in RESERVED_NAMES or key.startswith(GUEST_PREFIX):
         return "name_reserved"
     return None
 

@@ -35,6 +35,7 @@ Where this differs from the original, a comment says what the original did.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -92,8 +93,15 @@ class Config:
     #: A server whose heartbeat is older than this is dead: a survivor removes its users.
     dead_after: float = 15.0
     #: Seconds a busy pub/sub listener waits for more messages before it wakes (0 = never):
-    #: fewer thread wake-ups per delivery, for at most this much latency.
+    #: fewer thread wake-ups per delivery, for at most this much latency ...
     listener_linger: float = 0.01
+    #: ... or longer in a big room: busy listeners together wake about this often a
+    #: second at most (the linger grows with the users connected), up to
+    #: MAX_LINGER.  0 = the fixed linger above.
+    wakeup_budget: float = 5000.0
+    #: The CPU the process runs on: "auto", "none" or a number (see :func:`pin_to_cpu`).
+    #: Applied by :func:`main` only: it is the whole process's, not one server's.
+    cpu: str = "auto"
 
 
 class Keys:
@@ -425,9 +433,23 @@ class ChatServer:
             self._listener.close()
         with self._connections_lock:
             connections = list(self.connections)
+        # In three passes: once the first client's socket is shut, its reader
+        # announces its leaving to everyone, and every system call of this
+        # thread then waits for the GIL behind all the listeners it woke.
+        # So every user is told first, then no listener sends any more (they
+        # end at their next message instead of writing to a closing socket),
+        # all users are removed from Redis at once, and only then are the
+        # sockets shut.
         notice = self.text("server_shutdown")
         for conn in connections:
             conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, notice))
+        for conn in connections:
+            conn.alive = False
+        try:
+            self.users_remove(connections)
+        except redis.RedisError as exc:
+            logger.error("could not remove the users from Redis: %s", exc)
+        for conn in connections:
             conn.shutdown_socket()
         for conn in connections:
             for thread in conn.threads[:1]:
@@ -502,7 +524,9 @@ class ChatServer:
         Original: the id and initial name were the remote address, which
         contains ':' and breaks the 4-field split in every client.  Here the id
         comes from a Redis counter (unique across server processes) and the
-        initial name is ``guest-<id>``, a form no user may claim.
+        initial name is ``guest-<id>``, a form no user may claim; so guest
+        names need no entry in usersByName (the id is in the name), and the
+        first rename has no name to release.
         """
         keys = self.keys
         while True:
@@ -511,11 +535,10 @@ class ChatServer:
             # hold this id until its server has registered it again.
             if self.rdb.hsetnx(keys.users_online, conn.id, "online"):
                 break
-        conn.name = f"guest-{conn.id}"
+        conn.name = p.guest_name(conn.id)
         conn.name_key = p.name_key(conn.name)
         pipe = self.rdb.pipeline()
         pipe.hset(keys.users_name, conn.id, conn.name)
-        pipe.hset(keys.users_by_name, conn.name_key, conn.id)
         pipe.zadd(keys.activity_ranking, {conn.id: 0})
         pipe.sadd(keys.server_users(self.server_id), conn.id)
         pipe.execute()
@@ -524,19 +547,31 @@ class ChatServer:
 
     def user_remove(self, conn: Connection) -> None:
         """Forget the user everywhere and announce that it left."""
+        self.users_remove([conn])
+
+    def users_remove(self, connections: list[Connection]) -> None:
+        """:meth:`user_remove` for many users in two round trips (shutdown: for all at once)."""
         keys = self.keys
-        with conn.state_lock:
-            self.release_name(conn.name_key, conn.id)
+        with contextlib.ExitStack() as stack:
+            for conn in connections:
+                stack.enter_context(conn.state_lock)
+            leaving = [conn for conn in connections if conn.added]
+            if not leaving:
+                return
+            self.release_names({conn.name_key: conn.id for conn in leaving})
             pipe = self.rdb.pipeline()
-            pipe.hdel(keys.users_name, conn.id)
-            pipe.hdel(keys.users_online, conn.id)
-            pipe.zrem(keys.activity_ranking, conn.id)
-            pipe.srem(keys.server_users(self.server_id), conn.id)
-            left = self.text("left", name=conn.name)
-            pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, left))
+            ids = [conn.id for conn in leaving]
+            pipe.hdel(keys.users_name, *ids)
+            pipe.hdel(keys.users_online, *ids)
+            pipe.zrem(keys.activity_ranking, *ids)
+            pipe.srem(keys.server_users(self.server_id), *ids)
+            for conn in leaving:
+                left = self.text("left", name=conn.name)
+                pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, left))
             pipe.execute()
-            conn.added = False
-        logger.info("%r: left", conn)
+            for conn in leaving:
+                conn.added = False
+                logger.info("%r: left", conn)
 
     def subscribe(self, channel: str, conn: Connection) -> redis.client.PubSub:
         """Subscribe on a pooled connection of its own and wait for Redis to confirm.
@@ -658,15 +693,16 @@ class ChatServer:
         a listener (redis-py's default socket timeout is 5 s), and a blocking
         ``recv`` is one system call where a timed one is two (poll, recv).
 
-        Fewer wake-ups: when two wake-ups come less than two lingers apart,
-        the room is busy, and the next ``recv`` lingers (SO_RCVLOWAT +
-        SO_RCVTIMEO): the kernel wakes the thread when LINGER_BYTES have
-        arrived or ``listener_linger`` seconds have passed, whichever is first,
-        so one wake-up carries several messages instead of one each.  A linger
-        that passes with nothing arrived puts the socket back to plain
-        blocking: an idle listener never wakes, sparse messages (joins, a quiet
-        room) go out at once, and only a busy room pays up to one linger of
-        latency.
+        Fewer wake-ups: when two wake-ups come less than two lingers apart
+        (:meth:`linger_seconds`), the room is busy, and the listener lingers:
+        it sleeps one linger, letting messages gather in the socket, then
+        takes them all with one non-blocking ``recv``.  One wake-up then
+        carries every message of a linger instead of one each, and the
+        listeners of a room wake spread over the linger rather than all at
+        once per message.  A linger that gathered nothing makes the listener
+        block in ``recv`` again: an idle listener never wakes, sparse messages
+        (a quiet room) go out at once, and only a busy room pays up to one
+        linger of latency.
         """
         from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
@@ -676,12 +712,13 @@ class ChatServer:
         recv_into = sock.recv_into
         gets = reader.gets
         feed = reader.feed
-        setsockopt = sock.setsockopt
-        seconds = self.config.listener_linger
-        linger = timeval(seconds) if seconds > 0 else None
-        lingering = False
+        buffer_size = len(buffer)
+        linger_seconds = self.linger_seconds
+        lingering = 0.0  # seconds to gather messages before the next read; 0: block until one comes
+        sleep = time.sleep
         monotonic = time.monotonic
         last_wake = 0.0
+        received = 0
         while sub.subscribed:
             payloads = []
             while len(payloads) < DRAIN_LIMIT:
@@ -701,23 +738,45 @@ class ChatServer:
                     continue  # more whole replies may be parsed already
             if not sub.subscribed:
                 return
-            try:
+            if lingering:
+                # Busy: let messages gather for one linger (unless the last read
+                # left more behind), then take them without blocking; nothing
+                # came meanwhile: idle again.
+                if received < buffer_size:
+                    sleep(lingering)
+                try:
+                    received = recv_into(buffer, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    lingering = 0.0
+                    continue
+            else:
                 received = recv_into(buffer)
-            except BlockingIOError:  # a linger passed with nothing: idle again
-                setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-                setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
-                lingering = False
-                continue
             if not received:
                 raise redis.ConnectionError("Redis closed the pub/sub connection")
             feed(buffer, 0, received)
-            if linger is not None and not lingering:
-                now = monotonic()
-                if now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
-                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LINGER_BYTES)
-                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, linger)
-                    lingering = True
-                last_wake = now
+            now = monotonic()
+            if not lingering and now - last_wake < 2 * linger_seconds():
+                lingering = linger_seconds()  # messages come faster than the linger: busy
+            elif lingering:
+                lingering = linger_seconds()  # the room's size may have changed it
+            last_wake = now
+
+    def linger_seconds(self) -> float:
+        """How long a busy listener lingers now (0: never).
+
+        In a room of N users a message wakes N listeners: past
+        ``wakeup_budget`` wake-ups a second the process spends its time
+        switching threads.  So the linger grows with the users connected
+        (N / budget, in 10 ms steps, so that a listener seldom has to set it
+        again), and one wake-up carries the messages of a longer stretch.
+        """
+        config = self.config
+        if config.listener_linger <= 0:
+            return 0.0
+        if config.wakeup_budget <= 0:
+            return config.listener_linger
+        grown = round(len(self.connections) / config.wakeup_budget, 2)
+        return min(MAX_LINGER, max(config.listener_linger, grown))
 
     def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
         """Reconnect a subscription, with backoff, while its client stays; False if it left."""
@@ -807,13 +866,11 @@ class ChatServer:
             conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
             conn.shutdown_socket()
             return
-        claimed = self.rdb.hsetnx(keys.users_by_name, conn.name_key, conn.id)
-        if not claimed and self.get_users_channel(conn.name) != conn.id:
+        if p.guest_id(conn.name) is None and not self.claim_name(conn.name_key, conn.id):
             # Someone took the name while Redis forgot ours: back to a guest
             # name, which the client learns as after a rename.
-            conn.name = f"guest-{conn.id}"
+            conn.name = p.guest_name(conn.id)
             conn.name_key = p.name_key(conn.name)
-            self.rdb.hset(keys.users_by_name, conn.name_key, conn.id)
             self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, p.CHANGE_NAME_OK, conn.name))
         pipe = self.rdb.pipeline()
         pipe.hset(keys.users_name, conn.id, conn.name)
@@ -1055,9 +1112,11 @@ class ChatServer:
                 # make the room re-send joins and history at will.
                 if mark == p.CHANGE_NAME_FIRST and not conn.joined:
                     conn.joined = True
-                    joined = self.text("joined", name=conn.name)
-                    self.rdb.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
+                    # History first: the join goes out with this message's other
+                    # writes, in one round trip.
                     self.send_history(conn)
+                    joined = self.text("joined", name=conn.name)
+                    pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
             elif result == 2:
                 # The original answers a taken name with changeNameFirst0 for
                 # both marks; kept, since clients key on it.
@@ -1132,7 +1191,7 @@ class ChatServer:
         keys = self.keys
         key = p.name_key(new_name)
         with conn.state_lock:
-            if not self.rdb.hsetnx(keys.users_by_name, key, conn.id) and self.get_users_channel(new_name) != conn.id:
+            if not self.claim_name(key, conn.id):
                 return 2, "name_taken"
             try:
                 self.rdb.hset(keys.users_name, conn.id, new_name)
@@ -1145,20 +1204,42 @@ class ChatServer:
         logger.info("%r: renamed to %r", conn, new_name)
         return 1, ""
 
+    def claim_name(self, key: str, user_id: str) -> bool:
+        """Take the name with this ``name_key`` for ``user_id``, unless another user holds it.
+
+        One round trip: the claim and who holds the name afterwards (it may
+        be ``user_id`` already), atomically.
+        """
+        pipe = self.rdb.pipeline()
+        pipe.hsetnx(self.keys.users_by_name, key, user_id)
+        pipe.hget(self.keys.users_by_name, key)
+        _, holder = pipe.execute()
+        return holder is not None and holder.decode() == user_id
+
     def release_name(self, key: str, user_id: str) -> None:
         """Free a name only if ``user_id`` still holds it (compare and delete).
 
         Unconditional deletes could free a name another process gave to
         someone else meanwhile, e.g. after this process was taken for dead.
+        Guest names are never claimed (see :meth:`user_add`): nothing to free.
         """
+        self.release_names({key: user_id})
+
+    def release_names(self, holders: dict[str, str]) -> None:
+        """:meth:`release_name` for many names (``name_key`` -> user id) in one transaction."""
+        keys = [key for key in holders if p.guest_id(key) is None]
+        if not keys:
+            return
         with self.rdb.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self.keys.users_by_name)
-                    if (pipe.hget(self.keys.users_by_name, key) or b"").decode() != user_id:
+                    current = pipe.hmget(self.keys.users_by_name, keys)
+                    ours = [key for key, held in zip(keys, current) if (held or b"").decode() == holders[key]]
+                    if not ours:
                         return
                     pipe.multi()
-                    pipe.hdel(self.keys.users_by_name, key)
+                    pipe.hdel(self.keys.users_by_name, *ours)
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -1166,6 +1247,12 @@ class ChatServer:
 
     def get_users_channel(self, name: str) -> str | None:
         """The id (personal channel) of the user called ``name``, or None."""
+        user_id = p.guest_id(name)
+        if user_id is not None:
+            # Guest names are not in usersByName: the id is in the name, if
+            # that user still goes by it.
+            current = self.rdb.hget(self.keys.users_name, user_id)
+            return user_id if current is not None and p.name_key(current.decode()) == p.name_key(name) else None
         user_id = self.rdb.hget(self.keys.users_by_name, p.name_key(name))
         return user_id.decode() if user_id is not None else None
 
@@ -1291,9 +1378,8 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
 
 #: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
 PUBSUB_READ_SIZE = 16384
-#: A busy listener's wake-up threshold (SO_RCVLOWAT): about a hundred chat messages.
-LINGER_BYTES = PUBSUB_READ_SIZE // 2
-_NO_TIMEOUT = timeval(0)
+#: The longest a busy listener lingers, however big the room: a delay people hardly notice.
+MAX_LINGER = 0.5
 
 
 def _no_driver_info() -> dict:
@@ -1344,6 +1430,9 @@ def connect_redis(config: Config) -> redis.Redis:
         max_connections=pool_size,
         socket_connect_timeout=5,
         connection_class=_PooledConnection,
+        # RESP2: redis-py 8 speaks RESP3 by default, which costs every new
+        # connection (two per login) a HELLO round trip; nothing here needs RESP3.
+        protocol=2,
         # Listeners block on their sockets without a timeout: keepalive makes a
         # Redis that vanished without a FIN (a partition, a dead host) an error
         # within about a minute, so they resubscribe instead of staying deaf.
@@ -1364,6 +1453,12 @@ def connect_redis(config: Config) -> redis.Redis:
         raise SystemExit(f"cannot reach Redis at {config.redis_url}: {exc}") from None
     logger.info("using Redis at %s", config.redis_url)
     return client
+
+
+def _cpu_spec(value: str) -> str:
+    if value in ("auto", "none") or (value.isascii() and value.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"not auto, none or a CPU number: {value!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -1388,6 +1483,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--server-id", default=env.get("CHATROOM_SERVER_ID"), help="this process among several (default host-port)"
     )
     parser.add_argument("--dead-after", type=float, default=15.0, help="seconds without heartbeat: a server is dead")
+    parser.add_argument(
+        "--cpu",
+        default=env.get("CHATROOM_CPU", "auto"),
+        type=_cpu_spec,
+        help="run on this one CPU; auto (default): one chosen by the port; none: any",
+    )
+    parser.add_argument(
+        "--wakeup-budget",
+        type=float,
+        default=5000.0,
+        metavar="PER_S",
+        help="busy listeners wake about this often a second at most; they linger longer in bigger rooms "
+        "(0: a fixed 10 ms linger)",
+    )
     limits = parser.add_argument_group("limits (0 turns a limit off)")
     limits.add_argument("--login-timeout", type=float, default=30.0, help="seconds to the first whole frame")
     limits.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to finish a begun frame")
@@ -1417,13 +1526,52 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_per_ip=args.max_per_ip,
         server_id=args.server_id,
         dead_after=args.dead_after,
+        cpu=args.cpu,
+        wakeup_budget=args.wakeup_budget,
     )
+
+
+#: Seconds a thread waiting for the GIL waits before it makes the holder drop
+#: it (CPython's default: 0.005).  Every thread here gives the GIL up within
+#: microseconds, in its next system call; with thousands of them waiting (a
+#: join notice wakes every listener) the default's timed wake-ups and forced
+#: drops were most of the server's context switches.  See docs/BENCHMARKS.md.
+SWITCH_INTERVAL = 0.05
+
+
+def pin_to_cpu(spec: str, port: int) -> int | None:
+    """Run this process on one CPU (``spec``: "auto", "none" or a CPU number); the CPU, or None.
+
+    One thread at a time runs Python anyway (the GIL); on one CPU a hand-off
+    is a cheap switch on the same core instead of waking a thread on another
+    one, and Redis and the clients keep the other cores.  "auto" picks one of
+    the CPUs allowed by the port, so that servers on neighbouring ports take
+    different CPUs.  Must run before any thread starts: threads inherit it.
+    """
+    if spec == "none" or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if spec == "auto":
+        if len(allowed) < 2:
+            return None
+        cpu = allowed[port % len(allowed)]
+    else:
+        cpu = int(spec)
+        if cpu not in allowed:
+            raise SystemExit(f"--cpu {cpu}: not one of the CPUs this process may use ({allowed})")
+    os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
     config = parse_args(argv)
     raise_open_file_limit()
+    # Before any thread starts: threads inherit both.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    pinned = pin_to_cpu(config.cpu, config.port)
+    if pinned is not None:
+        logger.info("running on CPU %d", pinned)
     server = ChatServer(config)
     try:
         server.bind()

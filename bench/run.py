@@ -232,7 +232,10 @@ class Bench:
         # PYTHONPATH: a server script copied elsewhere (an older variant) still imports ours.
         env = {**os.environ, "PYTHONPATH": self.pythonpath()}
         self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log)
-        line = self.server.stdout.readline()  # "chatroom server listening on ..."
+        # "chatroom server listening on ...", after whatever a --server-prefix prints
+        for line in iter(self.server.stdout.readline, b""):
+            if b"listening" in line:
+                break
         if b"listening" not in line:
             raise RuntimeError(f"server did not start: {line!r}; see {self.log.name}")
         self.server.stdout.close()

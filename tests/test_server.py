@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,11 +12,14 @@ import sys
 import threading
 import time
 
+import fakeredis
 import pytest
 import redis
 from conftest import ROOT, RawClient, threads_back_to
 
+import server as server_module
 from framing import encode
+from server import ChatServer, Config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,6 +176,27 @@ def test_private_message_reaches_only_its_target_and_is_echoed_to_the_sender(con
     assert alice.expect(lambda f: f.startswith("individual:")) == "individual:bob:privateSent:psst\n"
     carol.send("channel:channel1::marker")
     assert carol.expect(lambda f: not f.startswith("channel:channel1:系统消息:")) == "channel:channel1:carol:marker\n"
+
+
+def test_a_guest_is_reached_by_its_guest_name_until_it_picks_one(connect):
+    alice, guest = connect(), connect()
+    alice.login("alice")
+    guest.send("channel:channel1::hi")
+    guest_name = fields(alice.expect(lambda f: f.endswith(":hi\n")))[2]
+    # Names are case-insensitive, guest names too.
+    for spelling in (guest_name, guest_name.upper()):
+        alice.send(f"individual:{spelling}::psst")
+        assert guest.expect(lambda f: f.startswith("individual:")) == "individual:alice:private:psst\n"
+        assert alice.expect(lambda f: f.startswith("individual:")) == f"individual:{spelling}:privateSent:psst\n"
+    guest.login("gina")
+    alice.send(f"individual:{guest_name}::still there?")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        f"individual:alice:系统消息:There is no user < {guest_name} >\n"
+    )
+    alice.send("individual:guest-999999::psst")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:There is no user < guest-999999 >\n"
+    )
 
 
 def test_private_message_to_an_unknown_user_is_refused(connect):
@@ -557,6 +582,77 @@ def test_shutdown_tells_users_removes_them_and_ends_every_thread(make_server, re
     assert redis_client.hlen(server.keys.users_by_name) == 0
 
 
+def test_shutdown_with_many_users_announces_each_leave_once_elsewhere(make_server, redis_client):
+    prefix = "shutdown-many:"
+    leaving = make_server(key_prefix=prefix, server_id="leaving")
+    staying = make_server(key_prefix=prefix, server_id="staying")
+    watcher = RawClient(staying.port)
+    clients = [RawClient(leaving.port) for _ in range(40)]
+    try:
+        watcher.login("watcher")
+        for i, client in enumerate(clients):
+            client.login(f"u{i}")
+        leaving.shutdown()
+        for client in clients:
+            assert any("The server is shutting down" in f for f in client.expect_closed())
+        watcher.send("channel:channel1::marker")
+        seen = []
+        while (frame := watcher.recv()) != "channel:channel1:watcher:marker\n":
+            seen.append(frame)
+        lefts = [f for f in seen if f.startswith("channel:channel1:系统消息:User left: ")]
+        assert sorted(lefts) == sorted(LEFT.format(f"u{i}") for i in range(40))
+        assert redis_client.hkeys(staying.keys.users_online) == [watcher_id(staying, redis_client)]
+        assert redis_client.hkeys(staying.keys.users_by_name) == [b"watcher"]
+    finally:
+        watcher.close()
+        for client in clients:
+            client.close()
+
+
+def watcher_id(server, redis_client):
+    (user_id,) = [k for k, v in redis_client.hgetall(server.keys.users_name).items() if v == b"watcher"]
+    return user_id
+
+
+def test_a_busy_room_delivers_everything_in_order_and_a_quiet_message_still_arrives(make_server):
+    # A tiny wake-up budget makes every listener linger as long as it may.
+    server = make_server(wakeup_budget=1.0)
+    threads_before = set(threading.enumerate())
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        bob.login("bob")
+        assert server.linger_seconds() == 0.5  # MAX_LINGER
+        for i in range(200):
+            alice.send(f"channel:channel1::burst {i}")
+        for i in range(200):
+            assert bob.expect(chat_from("alice")) == f"channel:channel1:alice:burst {i}\n"
+        alice.send("channel:channel1::after the burst")
+        assert bob.expect(chat_from("alice")) == "channel:channel1:alice:after the burst\n"
+        # Leaving while the listeners linger releases them too.
+        alice.send("channel:channel1::one more")
+        alice.send("channel:channel1:quit:")
+        bob.send("channel:channel1:quit:")
+        alice.expect_closed()
+        bob.expect_closed()
+    finally:
+        alice.close()
+        bob.close()
+    assert server.wait_for_released(2, 10)
+    assert threads_back_to(threads_before) == []
+
+
+def test_the_linger_grows_with_the_room_within_its_bounds():
+    server = ChatServer(Config(listener_linger=0.01, wakeup_budget=1000), fakeredis.FakeRedis())
+    for users, linger in ((0, 0.01), (5, 0.01), (100, 0.1), (250, 0.25), (5000, 0.5)):
+        server.connections = {object() for _ in range(users)}
+        assert server.linger_seconds() == linger
+    server.config.wakeup_budget = 0
+    assert server.linger_seconds() == 0.01
+    server.config.listener_linger = 0
+    assert server.linger_seconds() == 0
+
+
 # --- the command line --------------------------------------------------------
 
 
@@ -578,6 +674,31 @@ def test_python_server_py_serves_and_exits_zero_on_sigterm():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cpu_auto_pins_the_process_to_one_allowed_cpu_chosen_by_the_port():
+    # In a child process: pinning this one would pin the rest of the tests.
+    code = (
+        "import json, os, server\n"
+        "allowed = sorted(os.sched_getaffinity(0))\n"
+        "cpu = server.pin_to_cpu('auto', 9527)\n"
+        "print(json.dumps([allowed, cpu, sorted(os.sched_getaffinity(0))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    allowed, cpu, now = json.loads(out)
+    if len(allowed) < 2:
+        assert (cpu, now) == (None, allowed)
+    else:
+        assert now == [cpu] == [allowed[9527 % len(allowed)]]
+    assert server_module.pin_to_cpu("none", 9527) is None
+
+
+def test_cpu_flag_takes_auto_none_or_a_number():
+    assert server_module.parse_args([]).cpu == "auto"
+    assert server_module.parse_args(["--cpu", "none"]).cpu == "none"
+    assert server_module.parse_args(["--cpu", "1"]).cpu == "1"
+    with pytest.raises(SystemExit):
+        server_module.parse_args(["--cpu", "fast"])
 
 
 def test_an_unreachable_redis_fails_fast_with_a_clear_message():
