@@ -217,6 +217,12 @@ class Bench:
 
     def start_server(self) -> None:
         self.port = free_port()
+        if self.redis_url:
+            # Every server starts on an empty Redis: one killed while stopping
+            # (after the 30 s below) must not leave names that the next room's
+            # clients then find taken.
+            with redis.Redis.from_url(self.redis_url) as client:
+                client.flushall()
         cmd = [
             *self.args.server_prefix.split(),
             sys.executable,
@@ -270,6 +276,7 @@ class Bench:
             try:
                 self.server.wait(30)
             except subprocess.TimeoutExpired:
+                print("  (the server did not stop within 30 s of SIGTERM: killed)", flush=True)
                 self.server.kill()
                 self.server.wait(10)
             self.server = None

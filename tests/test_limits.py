@@ -145,9 +145,11 @@ def test_connections_over_the_per_address_limit_are_refused_with_a_reason(make_s
 
 def test_connections_over_the_server_limit_are_refused_with_a_reason(make_server):
     server = make_server(max_clients=1)
-    RawClient(server.port).login("a")
+    admitted = RawClient(server.port)  # kept: a collected client would free its place
+    admitted.login("a")
     refused = RawClient(server.port)
     assert refused.expect_closed() == ["individual::系统消息:The server is full, please try again later\n"]
+    admitted.close()
 
 
 # --- slow readers and the message bus ------------------------------------------

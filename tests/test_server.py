@@ -609,6 +609,26 @@ def test_shutdown_with_many_users_announces_each_leave_once_elsewhere(make_serve
             client.close()
 
 
+def test_many_users_leaving_at_once_free_their_names_and_are_announced_once(chat_server, connect, redis_client):
+    watcher = connect()
+    watcher.login("watcher")
+    clients = [connect() for _ in range(30)]
+    for i, client in enumerate(clients):
+        client.login(f"u{i}")
+    for client in clients:
+        client.close()
+    lefts = set()
+    while len(lefts) < 30:
+        frame = watcher.recv()
+        if frame.startswith("channel:channel1:系统消息:User left: "):
+            assert frame not in lefts
+            lefts.add(frame)
+    assert lefts == {LEFT.format(f"u{i}") for i in range(30)}
+    assert redis_client.hkeys(chat_server.keys.users_by_name) == [b"watcher"]
+    again = connect()
+    again.login("u7")
+
+
 def watcher_id(server, redis_client):
     (user_id,) = [k for k, v in redis_client.hgetall(server.keys.users_name).items() if v == b"watcher"]
     return user_id
