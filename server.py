@@ -529,19 +529,22 @@ class ChatServer:
         first rename has no name to release.
         """
         keys = self.keys
-        while True:
-            conn.id = str(self.rdb.incr(keys.next_user_id))
-            # Claimed, not assumed: if Redis lost the counter, a live user may
-            # hold this id until its server has registered it again.
-            if self.rdb.hsetnx(keys.users_online, conn.id, "online"):
-                break
+        # One round trip (_ADD_USER): the id is claimed, not assumed: if Redis
+        # lost the counter, a live user may hold an id until its server has
+        # registered it again, so the script takes the next free one.
+        user_id = self.rdb.eval(
+            _ADD_USER,
+            5,
+            keys.next_user_id,
+            keys.users_online,
+            keys.users_name,
+            keys.activity_ranking,
+            keys.server_users(self.server_id),
+            p.GUEST_PREFIX,
+        )
+        conn.id = str(user_id)
         conn.name = p.guest_name(conn.id)
         conn.name_key = p.name_key(conn.name)
-        pipe = self.rdb.pipeline()
-        pipe.hset(keys.users_name, conn.id, conn.name)
-        pipe.zadd(keys.activity_ranking, {conn.id: 0})
-        pipe.sadd(keys.server_users(self.server_id), conn.id)
-        pipe.execute()
         conn.added = True
         logger.info("%r: connected", conn)
 
@@ -1190,16 +1193,19 @@ class ChatServer:
             return 2, problem
         keys = self.keys
         key = p.name_key(new_name)
+        # Guest names were never claimed (see user_add): nothing to release.
+        old_key = conn.name_key if p.guest_id(conn.name_key) is None else ""
         with conn.state_lock:
-            if not self.claim_name(key, conn.id):
-                return 2, "name_taken"
             try:
-                self.rdb.hset(keys.users_name, conn.id, new_name)
-                if conn.name_key != key:
-                    self.release_name(conn.name_key, conn.id)
+                # Claim, record and release in one atomic round trip (_RENAME).
+                renamed = self.rdb.eval(
+                    _RENAME, 2, keys.users_by_name, keys.users_name, key, conn.id, new_name, old_key
+                )
             except redis.RedisError as exc:
                 logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
                 return 0, "rename_failed"
+            if not renamed:
+                return 2, "name_taken"
             conn.name, conn.name_key = new_name, key
         logger.info("%r: renamed to %r", conn, new_name)
         return 1, ""
@@ -1367,6 +1373,34 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
     if seconds and seconds > 0:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(seconds))
 
+
+#: A new user: KEYS nextUserId, usersOnline, usersName, activityRanking,
+#: serverUsers:<sid>; ARGV the guest prefix.  Takes the next id no live user
+#: holds, registers it as a guest; returns the id.
+_ADD_USER = """
+local id
+repeat
+  id = redis.call('INCR', KEYS[1])
+until redis.call('HSETNX', KEYS[2], id, 'online') == 1
+redis.call('HSET', KEYS[3], id, ARGV[1] .. id)
+redis.call('ZADD', KEYS[4], 0, id)
+redis.call('SADD', KEYS[5], id)
+return id
+"""
+
+#: A rename: KEYS usersByName, usersName; ARGV new name_key, user id, new name,
+#: old name_key ("" for none).  Claims the new name unless another user holds
+#: it (then returns 0), records it, frees the old one if this user still holds it.
+_RENAME = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[4] ~= '' and ARGV[4] ~= ARGV[1] and redis.call('HGET', KEYS[1], ARGV[4]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+end
+return 1
+"""
 
 #: Compare and delete, for each (name_key, user id) pair in ARGV: the name is
 #: freed only if that user still holds it.
