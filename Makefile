@@ -43,7 +43,7 @@ fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q tests/test_fuzz.py
 
 ## make bench: fan-out, fixed load, command round trips and capacity, on a real Redis and on the
-## embedded one; prints a table (about 25 minutes; ARGS="--scenarios fanout --backends real" ...)
+## embedded one; prints a table (about 15 minutes; ARGS="--scenarios fanout --backends real" ...)
 bench: $(STAMP)
 	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
 	$(PY) bench/run.py $(ARGS)
