@@ -18,7 +18,7 @@ connection of it) and one send lock, so frames never interleave.  Go's
 Redis state (every key and channel starts with ``--key-prefix``)::
 
     usersName        hash    user id -> display name
-    usersByName      hash    name_key(name) -> user id   (O(1) lookup, atomic claim)
+    usersByName      hash    name_key(name) -> user id   (chosen names; O(1) lookup, atomic claim)
     usersOnline      hash    user id -> "online"         (counted with HLEN)
     activityRanking  zset    user id -> messages handled
     nextUserId       string  INCR counter: ids unique across server processes
