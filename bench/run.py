@@ -273,8 +273,11 @@ class Bench:
         self.workers, self.pipes = [], []
         if self.server is not None:
             self.server.terminate()
+            t_stop = time.monotonic()
             try:
                 self.server.wait(30)
+                if time.monotonic() - t_stop > 5:
+                    print(f"  (the server took {time.monotonic() - t_stop:.1f} s to stop after SIGTERM)", flush=True)
             except subprocess.TimeoutExpired:
                 print("  (the server did not stop within 30 s of SIGTERM: killed)", flush=True)
                 self.server.kill()
