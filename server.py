@@ -451,15 +451,18 @@ class ChatServer:
             logger.error("could not remove the users from Redis: %s", exc)
         for conn in connections:
             conn.shutdown_socket()
+        # One deadline for all of them: waiting close_timeout for each thread
+        # in turn could add up to minutes with thousands of users.
+        deadline = time.monotonic() + self.config.close_timeout
+        self._wake_heartbeat.set()
+        self._notices.put(None)
         for conn in connections:
             for thread in conn.threads[:1]:
                 if thread.ident is not None:  # admit() may not have started it yet
-                    thread.join(self.config.close_timeout)
-        self._wake_heartbeat.set()
-        self._notices.put(None)
+                    thread.join(max(0.0, deadline - time.monotonic()))
         for thread in (self._heartbeat_thread, self._notifier_thread):
             if thread is not None:
-                thread.join(self.config.close_timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.unregister()
         self._stopped.set()
         if self._accept_thread is not None:
