@@ -467,6 +467,7 @@ class ChatServer:
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
+        logger.info("shut down")
 
     # --- one connection (Go: handleConnection, userAdd, userRemove) ----------
 
