@@ -1226,26 +1226,20 @@ class ChatServer:
         _, holder = pipe.execute()
         return holder is not None and holder.decode() == user_id
 
-    def release_name(self, key: str, user_id: str) -> None:
-        """Free a name only if ``user_id`` still holds it (compare and delete).
+    def release_names(self, holders: dict[str, str], pipe) -> None:
+        """Queue on ``pipe`` the freeing of each name (``name_key`` -> user id) that user still holds.
 
-        Unconditional deletes could free a name another process gave to
-        someone else meanwhile, e.g. after this process was taken for dead.
-        Guest names are never claimed (see :meth:`user_add`): nothing to free.
-        """
-        self.release_names({key: user_id})
-
-    def release_names(self, holders: dict[str, str], pipe=None) -> None:
-        """:meth:`release_name` for many names (``name_key`` -> user id), queued on ``pipe`` if given.
-
-        A script, so that the comparison and the delete are one atomic step
-        in one round trip.  (WATCH + MULTI did it in three, and when a
-        thousand users left at once every delete aborted every other
-        transaction, which then started over.)
+        Compare and delete: an unconditional delete could free a name another
+        process gave to someone else meanwhile, e.g. after this process was
+        taken for dead.  A script, so that the comparison and the delete are
+        one atomic step inside the caller's round trip.  (WATCH + MULTI took
+        three, and when a thousand users left at once every delete aborted
+        every other transaction, which then started over.)  Guest names are
+        never claimed (see :meth:`user_add`): nothing to free.
         """
         args = [value for key, user_id in holders.items() if p.guest_id(key) is None for value in (key, user_id)]
         if args:
-            (pipe or self.rdb).eval(_RELEASE_NAMES, 1, self.keys.users_by_name, *args)
+            pipe.eval(_RELEASE_NAMES, 1, self.keys.users_by_name, *args)
 
     def get_users_channel(self, name: str) -> str | None:
         """The id (personal channel) of the user called ``name``, or None."""
