@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -40,20 +39,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import redis
 from loadgen import name_of, worker_main
+from redis_process import RedisProcess, free_port
 
 from framing import FrameReader, encode
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raise_nofile() -> int:
@@ -113,8 +108,8 @@ class Probe:
             "server_cpu": proc_cpu(b.server.pid),
             "ctxsw": proc_ctxsw(b.server.pid),
         }
-        if b.redis_proc is not None:
-            snap["redis_cpu"] = proc_cpu(b.redis_proc.pid)
+        if b.redis is not None:
+            snap["redis_cpu"] = proc_cpu(b.redis.proc.pid)
         snap["loadgen_cpu"] = sum(proc_cpu(w.pid) for w in b.workers)
         return snap
 
@@ -137,7 +132,7 @@ class Bench:
     def __init__(self, args, backend: str) -> None:
         self.args = args
         self.backend = backend
-        self.redis_proc: subprocess.Popen | None = None
+        self.redis: RedisProcess | None = None
         self.redis_url: str | None = None
         self.server: subprocess.Popen | None = None
         self.port = 0
@@ -150,41 +145,14 @@ class Bench:
     def start_redis(self) -> None:
         if self.backend != "real":
             return
-        port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        cmd = [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxclients",
-            "15000",
-            "--loglevel",
-            "warning",
-        ]
-        self.redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.redis_url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.redis_proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
+        self.redis = RedisProcess("--maxclients", "15000", "--loglevel", "warning")
+        self.redis.start()
+        self.redis_url = self.redis.url
 
     def stop_redis(self) -> None:
-        if self.redis_proc is not None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(10)
-            self.redis_proc = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
 
     def pythonpath(self) -> str:
         """The server's PYTHONPATH; with --no-hiredis, a stub that makes ``import hiredis`` fail first."""
@@ -586,9 +554,7 @@ def print_tables(results: dict, out=sys.stdout) -> None:
             p(
                 f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {runs} | {fmt(s.get('p50_ms'))} "
                 f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
-                f"| {'n/a' if s.get('lost') is None else s['lost']}/{s.get('duplicated', '-')}/{s.get('reordered', '-')}/"
-                f"{s.get('misattributed', '-')} | {fmt(pct(s.get('server_cpu')), '{:.0f}%')} "
-                f"| {fmt(pct(s.get('redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('loadgen_cpu')), '{:.0f}%')} "
+                f"| {correctness_and_cpu_cells(s)} "
                 f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} |{flag(s, backend + ' N=' + str(n))}"
             )
     if "fixed" in by:
@@ -602,10 +568,7 @@ def print_tables(results: dict, out=sys.stdout) -> None:
             p(
                 f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {fmt(s.get('p50_ms'))} "
                 f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
-                f"| {'n/a' if s.get('lost') is None else s['lost']}/{s.get('duplicated', '-')}/{s.get('reordered', '-')}/"
-                f"{s.get('misattributed', '-')} | {fmt(pct(s.get('server_cpu')), '{:.0f}%')} "
-                f"| {fmt(pct(s.get('redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('loadgen_cpu')), '{:.0f}%')} |"
-                f"{flag(s, backend + ' N=' + str(n))}"
+                f"| {correctness_and_cpu_cells(s)} |{flag(s, backend + ' N=' + str(n))}"
             )
     if "rtt" in by:
         p("\n## Command round trip - medians")
@@ -647,6 +610,14 @@ def print_tables(results: dict, out=sys.stdout) -> None:
 
 def pct(value):
     return None if value is None else value * 100
+
+
+def correctness_and_cpu_cells(s: dict) -> str:
+    """The lost/dup/reord/misattr cell and the server, Redis and load generator CPU cells of a chat row."""
+    lost = "n/a" if s.get("lost") is None else s["lost"]
+    counts = f"{lost}/{s.get('duplicated', '-')}/{s.get('reordered', '-')}/{s.get('misattributed', '-')}"
+    cpus = " | ".join(fmt(pct(s.get(key)), "{:.0f}%") for key in ("server_cpu", "redis_cpu", "loadgen_cpu"))
+    return f"{counts} | {cpus}"
 
 
 NOTES: list[str] = []

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,10 +18,11 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from redis_process import REDIS_SERVER, RedisProcess, free_port  # noqa: F401 - tests import them from here
+
 from framing import FrameReader, encode
 from server import ChatServer, Config
 
-REDIS_SERVER = shutil.which("redis-server")
 _prefixes = itertools.count()
 
 
@@ -41,43 +40,6 @@ def threads_back_to(baseline: set[threading.Thread], timeout: float = 10.0) -> l
         except RuntimeError:  # not started yet: reported as alive below
             pass
     return [t for t in set(threading.enumerate()) - baseline if t.is_alive()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """A throwaway redis-server on a free port, without persistence by default."""
-
-    def __init__(self, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.extra = extra
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)  # polling a process that is starting: nothing to await
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture(scope="session")
