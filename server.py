@@ -762,10 +762,9 @@ class ChatServer:
                 raise redis.ConnectionError("Redis closed the pub/sub connection")
             feed(buffer, 0, received)
             now = monotonic()
-            if not lingering and now - last_wake < 2 * linger_seconds():
-                lingering = linger_seconds()  # messages come faster than the linger: busy
-            elif lingering:
-                lingering = linger_seconds()  # the room's size may have changed it
+            seconds = linger_seconds()  # the room's size sets it
+            if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
+                lingering = seconds
             last_wake = now
 
     def linger_seconds(self) -> float:
@@ -873,7 +872,7 @@ class ChatServer:
             conn.send_payload(self.system_payload(p.INDIVIDUAL, conn.name, self.text("bus_lost")))
             conn.shutdown_socket()
             return
-        if p.guest_id(conn.name) is None and not self.claim_name(conn.name_key, conn.id):
+        if p.guest_id(conn.name) is None and not self.claim_name(conn.id, conn.name):
             # Someone took the name while Redis forgot ours: back to a guest
             # name, which the client learns as after a rename.
             conn.name = p.guest_name(conn.id)
@@ -1195,16 +1194,10 @@ class ChatServer:
         problem = p.name_problem(new_name)
         if problem is not None:
             return 2, problem
-        keys = self.keys
         key = p.name_key(new_name)
-        # Guest names were never claimed (see user_add): nothing to release.
-        old_key = conn.name_key if p.guest_id(conn.name_key) is None else ""
         with conn.state_lock:
             try:
-                # Claim, record and release in one atomic round trip (_RENAME).
-                renamed = self.rdb.eval(
-                    _RENAME, 2, keys.users_by_name, keys.users_name, key, conn.id, new_name, old_key
-                )
+                renamed = self.claim_name(conn.id, new_name, release=conn.name_key)
             except redis.RedisError as exc:
                 logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
                 return 0, "rename_failed"
@@ -1214,17 +1207,17 @@ class ChatServer:
         logger.info("%r: renamed to %r", conn, new_name)
         return 1, ""
 
-    def claim_name(self, key: str, user_id: str) -> bool:
-        """Take the name with this ``name_key`` for ``user_id``, unless another user holds it.
+    def claim_name(self, user_id: str, name: str, release: str = "") -> bool:
+        """Take ``name`` for ``user_id`` and record it, unless another user holds it; True: taken.
 
-        One round trip: the claim and who holds the name afterwards (it may
-        be ``user_id`` already), atomically.
+        One atomic round trip (_RENAME), which also frees the name with the
+        ``name_key`` ``release`` if this user still holds it.  Guest names are
+        never claimed (see :meth:`user_add`): there is nothing to release.
         """
-        pipe = self.rdb.pipeline()
-        pipe.hsetnx(self.keys.users_by_name, key, user_id)
-        pipe.hget(self.keys.users_by_name, key)
-        _, holder = pipe.execute()
-        return holder is not None and holder.decode() == user_id
+        keys = self.keys
+        if p.guest_id(release) is not None:
+            release = ""
+        return bool(self.rdb.eval(_RENAME, 2, keys.users_by_name, keys.users_name, p.name_key(name), user_id, name, release))
 
     def release_names(self, holders: dict[str, str], pipe) -> None:
         """Queue on ``pipe`` the freeing of each name (``name_key`` -> user id) that user still holds.
