@@ -2,23 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two stamps: running the chat needs only its own packages; the test and dev tools
+# (pytest, hypothesis, ruff, ...) are installed by the targets that use them.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run client test lint redis-server clean fuzz bench bench-quick
 
-$(STAMP): setup.cfg pyproject.toml
+$(RUN_STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 ## make run: the server on 127.0.0.1:9527 with an embedded Redis (ARGS="--redis-url redis://..." for a real one)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) server.py $(ARGS)
 
 ## make client: the chat client (ARGS="--port 9527 --lang zh" ...)
-client: $(STAMP)
+client: $(RUN_STAMP)
 	$(PY) client.py $(ARGS)
 
 ## make test: the whole suite, on fakeredis and, when redis-server exists, on a real Redis too

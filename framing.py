@@ -188,6 +188,18 @@ class FrameReader:
         self._frame_started: float | None = None
         self._armed = 0.0
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds allowed between frames (0: no limit); it may change between reads."""
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, seconds: float | None) -> None:
+        self._idle_timeout = seconds or 0
+        self._timed = bool(self._first_frame_timeout or self._frame_timeout or self._idle_timeout)
+        if not self._timed:
+            self._arm(0)  # an untimed recv must not inherit the last deadline
+
     def read(self) -> str | None:
         """Return the next frame's text, or None at a clean end of stream.
 

@@ -117,6 +117,28 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+# --- chat text ---------------------------------------------------------------
+
+#: Characters that end a line on some terminal: a chat text holding one could
+#: print a second line that looks like the system, or like another user.
+LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def text_problem(message: str) -> str | None:
+    """Return the text key saying why a chat or private text is refused, or None if it is fine.
+
+    Refused: line breaks (a forged line would follow them) and the other C0
+    and C1 control characters, which the original Go client passes to the
+    terminal as they are; a tab is fine.
+    """
+    for char in message:
+        if char in LINE_BREAKS:
+            return "text_line_break"
+        if unicodedata.category(char) == "Cc" and char != "\t":
+            return "text_control"
+    return None
+
+
 # --- human-readable texts ----------------------------------------------------
 
 LANGUAGES = ("en", "zh")
@@ -146,6 +168,23 @@ TEXTS: dict[str, dict[str, str]] = {
     "who": {"zh": "在线用户({count}): {names}", "en": "Online ({count}): {names}"},
     "no_such_user": {"zh": "用户 < {name} > 不存在", "en": "There is no user < {name} >"},
     "server_error": {"zh": "服务器内部错误,请稍后再试", "en": "Server error, please try again later"},
+    "not_sent": {
+        "zh": "服务器内部错误,信息未发送,请稍后再试",
+        "en": "Server error: your message was not sent, please try again later",
+    },
+    "not_sent_many": {
+        "zh": "服务器内部错误,你的最后{count}条信息未发送,请稍后再试",
+        "en": "Server error: your last {count} messages were not sent, please try again later",
+    },
+    "outcome_unknown": {
+        "zh": "Redis响应超时,你的信息可能已送达,也可能没有",
+        "en": "Redis did not answer in time: your message may or may not have been delivered",
+    },
+    "text_line_break": {
+        "zh": "信息不能包含换行,请分成多条发送",
+        "en": "A message must not contain line breaks: send each line as its own message",
+    },
+    "text_control": {"zh": "信息不能包含控制字符", "en": "A message must not contain control characters"},
     "bus_lost": {
         "zh": "服务器与消息总线的连接中断,你可能错过了消息,请重新连接",
         "en": "The server lost its link to the message bus; you may have missed messages, please reconnect",

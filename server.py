@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import math
 import os
 import queue
 import signal
@@ -45,9 +46,17 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
-import redis
+#: What to say when the project's packages are not installed in this Python.
+MISSING_PACKAGES = (
+    "redis-chatroom's packages are not installed in this Python ({name} is missing): "
+    "run `make run`, or `pip install .` first"
+)
+try:
+    import redis
+except ImportError as exc:  # python server.py with a bare Python
+    sys.exit(MISSING_PACKAGES.format(name=exc.name))
 
 import protocol as p
 from framing import MAX_FRAME, FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes, timeval
@@ -55,53 +64,210 @@ from framing import MAX_FRAME, FrameError, FrameReader, FrameTimeout, InvalidUtf
 logger = logging.getLogger("chatroom.server")
 
 
+# --- settings: one home for each (Config), flags and checks generated from it --
+
+
+def _number(kind, minimum=None, maximum=None, *, off_at_zero=False):
+    """A converter from text that also checks the range; None bounds are open.
+
+    ``off_at_zero``: 0 is allowed whatever the minimum, and means "no limit".
+    """
+
+    def convert(value):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not {'a whole number' if kind is int else 'a number'}: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"not a finite number: {value!r}")
+        if off_at_zero and number == 0:
+            return number
+        if minimum is not None and number < minimum:
+            lowest = f"0 (off) or at least {minimum:g}" if off_at_zero and minimum > 0 else f"at least {minimum:g}"
+            raise ValueError(f"must be {lowest}, not {value}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum:g}, not {value}")
+        return number
+
+    return convert
+
+
+def _choice(*choices):
+    def convert(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return convert
+
+
+def _cpu_spec(value):
+    if value in ("auto", "none") or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        return value
+    raise ValueError(f"not auto, none or a CPU number: {value!r}")
+
+
+def _redis_url(value):
+    if value in (None, ""):
+        return None
+    scheme = value.partition("://")[0] if "://" in value else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"not a Redis URL (redis://host:port/db, rediss://..., unix://...): {mask_url(value)!r}")
+    try:
+        redis.ConnectionPool.from_url(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid Redis URL ({exc}): {mask_url(value)!r}") from None
+    return value
+
+
+def _server_id(value):
+    if value in (None, ""):
+        return None
+    if len(value) > 64 or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"must be 1-64 printable characters without spaces: {value!r}")
+    return value
+
+
+def _text(value):
+    return value
+
+
+def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, group=None):
+    """A :class:`Config` field and everything its flag needs: one place for its default.
+
+    ``convert`` turns text (a flag, an environment variable) into the value
+    and raises ValueError, with a reason, for a value out of range; it checks
+    values given directly to Config as well.  ``flag=False``: no command-line
+    flag (tests and embedders set it).
+    """
+    metadata = {"help": help, "flag": flag, "env": env, "convert": convert, "metavar": metavar, "group": group}
+    return field(default=default, metadata=metadata)
+
+
+LIMITS = "limits"
+
+#: Largest --max-frame: beyond it a single frame is a memory attack of its own.
+FRAME_CEILING = 1 << 24
+#: Smallest --max-frame: the server's own longest reply (the menu to a 32-character name) must fit.
+FRAME_FLOOR = 512
+
+
 @dataclass(kw_only=True)
 class Config:
-    """Everything a server instance needs; tests build many in one process."""
+    """Everything a server instance needs; tests build many in one process.
 
-    host: str = "127.0.0.1"
-    port: int = 9527
-    redis_url: str | None = None
-    key_prefix: str = "chatroom:"
-    lang: str = "en"
+    Each field is a :func:`setting`: its default, help text, flag, environment
+    variable and range are written once here; :func:`parse_args` builds the
+    command line from them and every value is checked when a Config is made.
+    """
+
+    host: str = setting("127.0.0.1", "listen address", env="CHATROOM_HOST")
+    port: int = setting(
+        9527, "listen port (0: any free port, printed at start)", env="CHATROOM_PORT", convert=_number(int, 0, 65535)
+    )
+    redis_url: str | None = setting(
+        None, "e.g. redis://localhost:6379/0; none: an embedded fakeredis", env="REDIS_URL", convert=_redis_url
+    )
+    key_prefix: str = setting("chatroom:", "prefix of every Redis key and channel", env="CHATROOM_KEY_PREFIX")
+    lang: str = setting("en", "language of the texts: en, or zh (the original's)", env="CHATROOM_LANG",
+                        convert=_choice(*p.LANGUAGES))
     #: Largest frame payload accepted or sent (the Go programs decode <= 4092).
-    max_frame: int = MAX_FRAME
+    max_frame: int = setting(
+        MAX_FRAME,
+        f"largest frame payload in bytes ({FRAME_FLOOR}..{FRAME_CEILING}; above {MAX_FRAME} the original Go "
+        "client cannot decode every frame)",
+        convert=_number(int, FRAME_FLOOR, FRAME_CEILING),
+        group=LIMITS,
+    )
     #: Concurrent chat connections; sizes the Redis connection pool.
-    max_clients: int = 4000
+    max_clients: int = setting(
+        4000, "concurrent connections, at least 1 (sizes the Redis pool)", convert=_number(int, 1, 1_000_000),
+        group=LIMITS,
+    )
     #: A send blocked this long (a client that stopped reading) drops the client.
-    send_timeout: float = 10.0
-    #: How long shutdown waits for each connection's threads.
-    close_timeout: float = 5.0
+    send_timeout: float = setting(
+        10.0, "seconds a send may block before the client is dropped (0: off)", convert=_number(float, 0),
+        group=LIMITS,
+    )
+    #: How long shutdown waits for the connections' threads, in all.
+    close_timeout: float = setting(5.0, "seconds shutdown waits for threads", flag=False,
+                                   convert=_number(float, 0))
     #: Public messages kept for newcomers (0 = no history).
-    history: int = 50
-    #: Seconds from connecting to the first whole frame (0 = no limit).
-    login_timeout: float = 30.0
+    history: int = setting(
+        50, "public messages kept for newcomers (0: none)", convert=_number(int, 0, 10_000)
+    )
+    #: Seconds from connecting to the first whole frame (0 = no limit).  Long
+    #: enough for a person to type a name: both clients connect first.
+    login_timeout: float = setting(
+        300.0, "seconds from connecting to the first whole frame (0: off)", convert=_number(float, 0),
+        group=LIMITS,
+    )
     #: Seconds from a frame's first byte to its last (0 = no limit).
-    frame_timeout: float = 10.0
-    #: Seconds of silence before a client is dropped (0 = never).
-    idle_timeout: float = 600.0
+    frame_timeout: float = setting(
+        10.0, "seconds to finish a begun frame (0: off)", convert=_number(float, 0), group=LIMITS
+    )
+    #: Seconds of silence before a client that never took a name is dropped
+    #: (0 = never).  Named users are never dropped for silence: a reader is
+    #: a user too; TCP keepalive finds the ones whose host vanished.
+    idle_timeout: float = setting(
+        600.0, "seconds of silence before a connection without a nickname is dropped (0: off)",
+        convert=_number(float, 0), group=LIMITS,
+    )
     #: Messages per second a client may send on average (0 = no limit) ...
-    rate_limit: float = 10.0
+    rate_limit: float = setting(
+        10.0, "messages a second on average (0: off)", convert=_number(float, 0), metavar="MSGS_PER_S",
+        group=LIMITS,
+    )
     #: ... and in one burst.  Past it messages are refused; a client that keeps
     #: flooding (2 x burst refusals in a row) is disconnected.
-    rate_burst: int = 20
+    rate_burst: int = setting(
+        20, "messages in one burst, at least 1", convert=_number(int, 1, 1_000_000), metavar="N", group=LIMITS
+    )
     #: Concurrent connections from one IP address (0 = no limit).
-    max_per_ip: int = 64
+    max_per_ip: int = setting(
+        64, "concurrent connections from one address (0: off)", convert=_number(int, 0, 1_000_000),
+        group=LIMITS,
+    )
     #: This process's name among the servers sharing one Redis; default "<host>-<port>",
     #: so that a process restarted in the same place cleans up after its previous run.
-    server_id: str | None = None
+    server_id: str | None = setting(
+        None, "this process among several (default host-port)", env="CHATROOM_SERVER_ID", convert=_server_id
+    )
     #: A server whose heartbeat is older than this is dead: a survivor removes its users.
-    dead_after: float = 15.0
+    dead_after: float = setting(
+        15.0, "seconds without a heartbeat after which a server is dead (at least 0.3)",
+        convert=_number(float, 0.3, 86400),
+    )
     #: Seconds a busy pub/sub listener waits for more messages before it wakes (0 = never):
     #: fewer thread wake-ups per delivery, for at most this much latency ...
-    listener_linger: float = 0.01
+    listener_linger: float = setting(0.01, "seconds a busy listener lingers", flag=False,
+                                     convert=_number(float, 0, 1))
     #: ... or longer in a big room: busy listeners together wake about this often a
     #: second at most (the linger grows with the users connected), up to
     #: MAX_LINGER.  0 = the fixed linger above.
-    wakeup_budget: float = 5000.0
+    wakeup_budget: float = setting(
+        5000.0,
+        "busy listeners wake about this often a second at most; they linger longer in bigger rooms "
+        "(0: a fixed 10 ms linger)",
+        convert=_number(float, 0),
+        metavar="PER_S",
+    )
     #: The CPU the process runs on: "auto", "none" or a number (see :func:`pin_to_cpu`).
     #: Applied by :func:`main` only: it is the whole process's, not one server's.
-    cpu: str = "auto"
+    cpu: str = setting(
+        "auto", "run on this one CPU: auto (one chosen by the port), none (any) or a CPU number", env="CHATROOM_CPU",
+        convert=_cpu_spec,
+    )
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.default is None:
+                continue
+            try:
+                setattr(self, item.name, item.metadata["convert"](value))
+            except ValueError as exc:
+                raise ValueError(f"{item.name}: {exc}") from None
 
 
 class Keys:
@@ -163,6 +329,50 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+class Batch:
+    """The Redis writes of the messages a reader has handled, sent in one round trip.
+
+    One MULTI/EXEC: all of them take effect or none does.  Redis refuses the
+    whole transaction when it refuses any command in it (out of memory, a
+    read-only replica), so a sender told that a message was not sent knows
+    that nobody got it, and a message that reached anyone is never reported
+    as failed.  Replies that confirm a delivery (a private message's echo)
+    wait in :attr:`confirmations` until the round trip succeeded.
+    """
+
+    def __init__(self, rdb: redis.Redis) -> None:
+        self.pipe = rdb.pipeline(transaction=True)
+        #: Chat and private messages whose fate is this round trip's.
+        self.messages = 0
+        #: Payloads to send the sender once the writes are done.
+        self.confirmations: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.pipe)
+
+    def message(self, confirmation: str | None = None) -> None:
+        """Count one queued message; ``confirmation`` is sent to its sender once it is delivered."""
+        self.messages += 1
+        if confirmation is not None:
+            self.confirmations.append(confirmation)
+
+    def reset(self) -> None:
+        """Forget everything queued.  redis-py resets its pipeline itself only
+        once it has a connection: a failure to connect left the commands
+        queued, to be sent with the next message."""
+        self.pipe.reset()
+        self.messages = 0
+        self.confirmations.clear()
+
+
+def outcome_unknown(exc: redis.RedisError) -> bool:
+    """True when a command may have run although it failed: sent, then no answer in time.
+
+    A timeout while connecting is a plain failure: nothing was sent.
+    """
+    return isinstance(exc, redis.TimeoutError) and not str(exc).startswith("Timeout connecting")
 
 
 class Connection:
@@ -263,6 +473,9 @@ class ChatServer:
         self.server_id = config.server_id or ""
         self.redis_run_id: str | None = None
         self._redis_down = False
+        self._redis_down_since = 0.0
+        #: When Redis began refusing writes (out of memory, read-only), or None.
+        self._redis_refusing: float | None = None
         self._resubscribing = 0  # listeners waiting for Redis to come back
         self._redis_state_lock = threading.Lock()
         self._reconcile_needed = threading.Event()
@@ -300,7 +513,12 @@ class ChatServer:
         self._listener = listener
         if not self.server_id:
             self.server_id = f"{socket.gethostname()}-{self.port}"
-        self.init()
+        try:
+            self.init()
+        except BaseException:
+            listener.close()
+            self._listener = None
+            raise
         self._heartbeat_thread = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
         self._notifier_thread = threading.Thread(target=self.notifier_loop, name="notifier", daemon=True)
@@ -475,6 +693,7 @@ class ChatServer:
         """Serve one client from connect to leave, then release all it holds."""
         try:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(conn.sock)
             set_send_timeout(conn.sock, self.config.send_timeout)
             self.user_add(conn)
             broadcast_sub = self.subscribe(self.keys.broadcast, conn)
@@ -821,9 +1040,16 @@ class ChatServer:
             try:
                 self.heartbeat()
                 self.reap_dead_servers()
+            except redis.ResponseError as exc:
+                # Redis answers, but refuses (out of memory, read-only): the
+                # connection is not lost, and users who send are told per message.
+                self.note_redis_refusing(exc)
             except (redis.RedisError, OSError) as exc:
-                logger.warning("heartbeat failed: %s", exc)
+                # Said once by note_redis_down; every retry after that is detail.
+                logger.debug("heartbeat failed: %s", exc)
                 self.note_redis_down()
+            else:
+                self.note_redis_accepting()
 
     def heartbeat(self) -> None:
         """Say this process is alive; re-register its users if Redis lost them."""
@@ -831,7 +1057,13 @@ class ChatServer:
         pipe = self.rdb.pipeline()
         pipe.set(keys.server_alive(self.server_id), "alive", px=int(self.config.dead_after * 1000))
         pipe.sadd(keys.servers, self.server_id)
-        _, added = pipe.execute()
+        try:
+            _, added = pipe.execute()
+        except redis.ResponseError:
+            # Out of memory refuses SET and SADD, not PEXPIRE: keep the
+            # heartbeat alive, or the other processes would reap our users.
+            self.rdb.pexpire(keys.server_alive(self.server_id), int(self.config.dead_after * 1000))
+            raise
         # A missing registration (Redis restarted without its data, or we were
         # taken for dead) or a past outage: make Redis agree with our sockets.
         if (added and self.redis_run_id is not None) or self._reconcile_needed.is_set():
@@ -956,6 +1188,7 @@ class ChatServer:
             if self._redis_down:
                 return
             self._redis_down = True
+            self._redis_down_since = time.monotonic()
         logger.error("lost the connection to Redis")
         self._notices.put("redis_lost")
         self._wake_heartbeat.set()
@@ -966,8 +1199,21 @@ class ChatServer:
             if not self._redis_down:
                 return
             self._redis_down = False
-        logger.warning("Redis is reachable again")
+            outage = time.monotonic() - self._redis_down_since
+        logger.warning("Redis is reachable again, after %.1f s", outage)
         self._notices.put("redis_back")
+
+    def note_redis_refusing(self, exc: redis.ResponseError) -> None:
+        """Log once that Redis refuses writes (out of memory, read-only), until it accepts them again."""
+        if self._redis_refusing is None:
+            logger.error("Redis refuses writes: %s", exc)
+            self._redis_refusing = time.monotonic()
+
+    def note_redis_accepting(self) -> None:
+        """Log once that Redis accepts writes again after refusing them."""
+        if self._redis_refusing is not None:
+            logger.warning("Redis accepts writes again, after %.1f s", time.monotonic() - self._redis_refusing)
+            self._redis_refusing = None
 
     def notifier_loop(self) -> None:
         """Send queued notices to every local user until shutdown."""
@@ -989,20 +1235,24 @@ class ChatServer:
             frame_timeout=config.frame_timeout,
             idle_timeout=config.idle_timeout,
         )
-        pipe = self.rdb.pipeline(transaction=False)
+        batch = Batch(self.rdb)
         try:
-            self._read_frames(conn, reader, pipe)
+            self._read_frames(conn, reader, batch)
         finally:
-            self.flush(conn, pipe)
+            self.flush(conn, batch)
 
-    def _read_frames(self, conn: Connection, reader: FrameReader, pipe) -> None:
+    def _read_frames(self, conn: Connection, reader: FrameReader, batch: Batch) -> None:
         while True:
+            if conn.joined and reader.idle_timeout:
+                # A named user who only reads is a user, not an idle socket:
+                # TCP keepalive finds the ones whose host went away.
+                reader.idle_timeout = 0
             # The writes of every message already waiting go in one round
             # trip: a sender with many frames in flight costs Redis, and every
             # listener, one burst instead of one wake-up per message.  Before
             # a read that may block, whatever is queued goes out.
-            if len(pipe) >= BATCH_LIMIT or (len(pipe) and not reader.decoder.has_frame()):
-                self.flush(conn, pipe)
+            if len(batch) >= BATCH_LIMIT or (len(batch) and not reader.decoder.has_frame()):
+                self.flush(conn, batch)
             try:
                 msg = reader.read()
             except InvalidUtf8 as exc:
@@ -1034,19 +1284,38 @@ class ChatServer:
                     continue
                 return
             conn.refused_in_a_row = 0
-            if self.write_to_redis(conn, msg, pipe) is QUIT:
+            if self.write_to_redis(conn, msg, batch) is QUIT:
                 return
 
-    def flush(self, conn: Connection, pipe) -> None:
-        """Execute the writes queued for this client's messages (one round trip)."""
-        if not len(pipe):
+    def flush(self, conn: Connection, batch: Batch) -> None:
+        """Execute the writes queued for this client's messages (one round trip).
+
+        Each message gets one answer about its fate at most: its echo (or
+        confirmation) when delivered; "not sent" when Redis refused or could
+        not be reached (then nobody got it, see :class:`Batch`); "may or may
+        not have been delivered" when Redis took the writes and did not answer
+        in time, since they may still run.
+        """
+        if not len(batch):
             return
         try:
-            pipe.execute()
+            batch.pipe.execute()
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.
             logger.error("%r: Redis error while handling its messages: %s", conn, exc)
-            self.reply_system(conn, self.text("server_error"))
+            if not batch.messages:
+                pass  # only bookkeeping was lost (a join notice): nobody waits for an answer
+            elif outcome_unknown(exc):
+                self.reply_system(conn, self.text("outcome_unknown"))
+            elif batch.messages == 1:
+                self.reply_system(conn, self.text("not_sent"))
+            else:
+                self.reply_system(conn, self.text("not_sent_many", count=batch.messages))
+        else:
+            for payload in batch.confirmations:
+                self.reply(conn, payload)
+        finally:
+            batch.reset()
 
     def refuse_flood(self, conn: Connection) -> bool:
         """Refuse a message over the rate limit; False: disconnect the flooder."""
@@ -1060,7 +1329,7 @@ class ChatServer:
             self.reply_system(conn, self.text("flood_warning", rate=f"{conn.bucket.rate:g}"))
         return True
 
-    def write_to_redis(self, conn: Connection, msg: str, pipe) -> object:
+    def write_to_redis(self, conn: Connection, msg: str, batch: Batch) -> object:
         """Handle one message as its own sender's.
 
         Original: RPUSH to one ``messageQueue`` list shared by all connections,
@@ -1069,19 +1338,21 @@ class ChatServer:
         same goroutine popped at once), so the message goes straight on.
         """
         try:
-            return self.message_processing(conn, msg, pipe)
+            return self.message_processing(conn, msg, batch)
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.
             logger.error("%r: Redis error while handling %r: %s", conn, msg, exc)
             self.reply_system(conn, self.text("server_error"))
             return None
 
-    def message_processing(self, conn: Connection, msg: str, pipe) -> object:
-        """Parse one payload, dispatch it, count it for the ranking.
+    def message_processing(self, conn: Connection, msg: str, batch: Batch) -> object:
+        """Parse one payload and dispatch it.
 
-        Writes (publishes, history, the ranking) are queued on ``pipe``, which
+        Writes (publishes, history, the ranking) are queued on ``batch``, which
         the reader executes once no further whole message is waiting: at most
-        one round trip per message.  Original: slept one second per message.
+        one round trip per message.  Original: slept one second per message,
+        and counted every payload for the ranking; here only what a user says
+        (chat and private messages) counts as activity.
         """
         parts = p.split_message(msg)
         if parts is None:
@@ -1089,23 +1360,20 @@ class ChatServer:
             self.reply_system(conn, self.text("bad_format"))
             return None
         if parts.target_type == p.INDIVIDUAL:
-            result = self.handle_individual_commands(conn, parts.target, parts.mark, parts.text, pipe)
+            result = self.handle_individual_commands(conn, parts.target, parts.mark, parts.text, batch)
         elif parts.target_type == p.CHANNEL:
-            result = self.handle_channel_commands(conn, parts.target, parts.mark, parts.text, pipe)
+            result = self.handle_channel_commands(conn, parts.target, parts.mark, parts.text, batch)
         else:
             logger.info("%r: unknown target type %r", conn, parts.target_type)
             self.reply_system(conn, self.text("bad_format"))
             result = None
-        if result is QUIT:
-            # Original: counted the quit after the user was removed, leaving a
-            # ghost entry in the ranking.
-            return QUIT
-        self.update_activity(conn, pipe)
+        # Original: also counted the quit, after the user was removed, leaving
+        # a ghost entry in the ranking.
         return result
 
     # --- commands (Go: handleIndividualCommands, handleChannelCommands) -------
 
-    def handle_individual_commands(self, conn, target: str, mark: str, message: str, pipe) -> object:
+    def handle_individual_commands(self, conn, target: str, mark: str, message: str, batch: Batch) -> object:
         """Renames, the menu, private messages."""
         keys = self.keys
         if mark in (p.CHANGE_NAME_FIRST, p.CHANGE_NAME):
@@ -1115,14 +1383,18 @@ class ChatServer:
                 self.reply(conn, p.join_message(p.INDIVIDUAL, conn.name, ok_mark, message))
                 # Original: every changeNameFirst announced a join again; a
                 # repeated one is a plain rename here, or it would let one user
-                # make the room re-send joins and history at will.
-                if mark == p.CHANGE_NAME_FIRST and not conn.joined:
+                # make the room re-send joins and history at will.  A guest
+                # whose first name comes by changeName (./cd2, after a refused
+                # first nickname) is announced too: its leaving will be.
+                if not conn.joined:
                     conn.joined = True
-                    # History first: the join goes out with this message's other
-                    # writes, in one round trip.
-                    self.send_history(conn)
+                    if mark == p.CHANGE_NAME_FIRST:
+                        # History first: the join goes out with this message's
+                        # other writes, in one round trip.  A guest who chatted
+                        # before ./cd2 has seen the room live: no history.
+                        self.send_history(conn)
                     joined = self.text("joined", name=conn.name)
-                    pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
+                    batch.pipe.publish(keys.broadcast, self.system_payload(p.CHANNEL, p.BROADCAST, joined))
             elif result == 2:
                 # The original answers a taken name with changeNameFirst0 for
                 # both marks; kept, since clients key on it.
@@ -1134,8 +1406,11 @@ class ChatServer:
             # an unknown (or empty) target lost it.  The asker gets it.
             self.reply_system(conn, self.text("menu"))
         elif mark == p.PRIVATE:
-            target_id = self.get_users_channel(target)
-            if target_id is None:
+            problem = p.text_problem(message)
+            target_id = None if problem else self.get_users_channel(target)
+            if problem:
+                self.reply_system(conn, self.text(problem))
+            elif target_id is None:
                 # Original: published to channel "" and lost.
                 self.reply_system(conn, self.text("no_such_user", name=target))
             else:
@@ -1144,8 +1419,9 @@ class ChatServer:
                 payload = p.join_message(p.INDIVIDUAL, conn.name, p.PRIVATE_IN, message)
                 echo = p.join_message(p.INDIVIDUAL, target, p.PRIVATE_SENT, message)
                 if self.fits(payload) and self.fits(echo):
-                    pipe.publish(keys.personal(target_id), payload)
-                    self.reply(conn, echo)
+                    batch.pipe.publish(keys.personal(target_id), payload)
+                    self.update_activity(conn, batch)
+                    batch.message(confirmation=echo)  # the echo only once it is delivered
                 else:
                     self.reply_too_long(conn)
         elif mark == p.WHO:
@@ -1155,7 +1431,7 @@ class ChatServer:
             self.reply_system(conn, self.text("bad_format"))
         return None
 
-    def handle_channel_commands(self, conn, target: str, mark: str, message: str, pipe) -> object:
+    def handle_channel_commands(self, conn, target: str, mark: str, message: str, batch: Batch) -> object:
         """Chat, the online count, the ranking, quit."""
         if mark == p.ONLINE_LIST:
             # Original: broadcast to everyone; the asker alone asked.
@@ -1175,9 +1451,16 @@ class ChatServer:
             self.reply_system(conn, self.text("bad_format"))
         else:
             payload = p.join_message(p.CHANNEL, p.BROADCAST, conn.name, message)
-            if self.fits(payload):
-                pipe.publish(self.keys.broadcast, payload)
-                self.add_history(conn, message, pipe)
+            problem = p.text_problem(message)
+            if problem:
+                # Original: forwarded anything, so "ok\n[21:13] < bob > ..."
+                # printed a line that looked like bob speaking.
+                self.reply_system(conn, self.text(problem))
+            elif self.fits(payload):
+                batch.pipe.publish(self.keys.broadcast, payload)
+                self.add_history(conn, message, batch)
+                self.update_activity(conn, batch)
+                batch.message()  # its echo is the broadcast itself
             else:
                 self.reply_too_long(conn)
         return None
@@ -1276,14 +1559,14 @@ class ChatServer:
                 return message
             shown = shown[: len(shown) * 3 // 4]
 
-    def add_history(self, conn: Connection, message: str, pipe) -> None:
-        """Keep a public message for newcomers (queued on ``pipe``)."""
+    def add_history(self, conn: Connection, message: str, batch: Batch) -> None:
+        """Keep a public message for newcomers (queued on ``batch``)."""
         if self.config.history > 0:
             entry = f"{int(time.time())}:{conn.name}:{message}"
             if not self.fits(f"{p.HISTORY}:{entry}"):
                 return  # a few bytes longer than the live broadcast
-            pipe.lpush(self.keys.history, entry)
-            pipe.ltrim(self.keys.history, 0, self.config.history - 1)
+            batch.pipe.lpush(self.keys.history, entry)
+            batch.pipe.ltrim(self.keys.history, 0, self.config.history - 1)
 
     def send_history(self, conn: Connection) -> None:
         """Send the kept public messages, oldest first, as ``history:`` payloads.
@@ -1294,8 +1577,14 @@ class ChatServer:
         """
         if self.config.history <= 0:
             return
+        try:
+            entries = self.rdb.lrange(self.keys.history, 0, self.config.history - 1)
+        except redis.RedisError as exc:
+            # The name was accepted and so answered: a missing history is no reason for a second answer.
+            logger.error("%r: could not read the history: %s", conn, exc)
+            return
         payloads, size = [], 0
-        for entry in self.rdb.lrange(self.keys.history, 0, self.config.history - 1):
+        for entry in entries:
             payload = f"{p.HISTORY}:".encode() + entry
             size += len(payload) + 1 + 4  # "\n" and the frame header
             if size > WRITE_LIMIT:
@@ -1304,10 +1593,10 @@ class ChatServer:
         if payloads:
             conn.send_payloads(reversed(payloads))
 
-    def update_activity(self, conn: Connection, pipe) -> None:
-        """Count one handled message for the user (queued on ``pipe``)."""
-        conn.activity += 1
-        pipe.zincrby(self.keys.activity_ranking, 1, conn.id)
+    def update_activity(self, conn: Connection, batch: Batch) -> None:
+        """Count one chat or private message for the user (queued on ``batch``)."""
+        conn.activity += 1  # kept here too, to re-register the user if Redis loses its data
+        batch.pipe.zincrby(self.keys.activity_ranking, 1, conn.id)
 
     # --- replies -------------------------------------------------------------
 
@@ -1357,6 +1646,21 @@ def raise_open_file_limit() -> None:
             logger.info("open-file limit raised from %d to %d", soft, hard)
     except (ImportError, ValueError, OSError) as exc:
         logger.warning("could not raise the open-file limit: %s", exc)
+
+
+#: TCP keepalive of chat sockets: probes after this many idle seconds, this
+#: many seconds apart, this many unanswered: a peer whose host vanished is
+#: found within about two minutes, while a user who only reads stays.
+CLIENT_KEEPALIVE = (60, 10, 6)
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """Turn TCP keepalive on, with :data:`CLIENT_KEEPALIVE` where the platform lets us set it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = CLIENT_KEEPALIVE
+    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def set_send_timeout(sock: socket.socket, seconds: float) -> None:
@@ -1439,6 +1743,21 @@ class _PooledConnection(redis.Connection):
         return super().can_read(timeout)
 
 
+def mask_url(url: str | None) -> str:
+    """``url`` with its password replaced by ``***``: for every log line and error."""
+    if not url:
+        return str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    credentials, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = credentials.partition(":")
+    # "user:password@" keeps the user; a lone "x@" may be a password (AUTH with one argument).
+    return f"{scheme}://{user + ':***' if colon else '***'}@{location}"
+
+
 def connect_redis(config: Config) -> redis.Redis:
     """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
 
@@ -1447,7 +1766,10 @@ def connect_redis(config: Config) -> redis.Redis:
     """
     pool_size = 3 * config.max_clients + 16
     if not config.redis_url:
-        import fakeredis
+        try:
+            import fakeredis
+        except ImportError:
+            raise SystemExit(MISSING_PACKAGES.format(name="fakeredis")) from None
 
         logger.warning("no Redis URL given: using an embedded in-process fakeredis (one process only)")
         pool = redis.ConnectionPool(
@@ -1479,85 +1801,82 @@ def connect_redis(config: Config) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise SystemExit(f"cannot reach Redis at {config.redis_url}: {exc}") from None
-    logger.info("using Redis at %s", config.redis_url)
+        raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
+    logger.info("using Redis at %s", mask_url(config.redis_url))
     return client
 
 
-def _cpu_spec(value: str) -> str:
-    if value in ("auto", "none") or (value.isascii() and value.isdigit()):
-        return value
-    raise argparse.ArgumentTypeError(f"not auto, none or a CPU number: {value!r}")
+def _flag_type(name: str, convert):
+    """An argparse ``type`` from a setting's converter: its ValueError becomes a usage error."""
+
+    def flag_type(value: str):
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    flag_type.__name__ = name
+    return flag_type
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Command-line flags, with environment variables for what a deployment sets."""
-    env = os.environ
-    parser = argparse.ArgumentParser(description="redis-chatroom server")
-    parser.add_argument("--host", default=env.get("CHATROOM_HOST", "127.0.0.1"), help="listen address")
-    parser.add_argument("--port", type=int, default=int(env.get("CHATROOM_PORT", "9527")), help="listen port")
-    parser.add_argument(
-        "--redis-url",
-        default=env.get("REDIS_URL"),
-        help="e.g. redis://localhost:6379/0 (env REDIS_URL); none: embedded fakeredis",
-    )
-    parser.add_argument("--key-prefix", default=env.get("CHATROOM_KEY_PREFIX", "chatroom:"))
-    parser.add_argument("--lang", choices=p.LANGUAGES, default=env.get("CHATROOM_LANG", "en"))
-    parser.add_argument("--max-frame", type=int, default=MAX_FRAME, help="largest frame payload in bytes")
-    limits_help = "concurrent connections (sizes the Redis pool)"
-    parser.add_argument("--max-clients", type=int, default=4000, help=limits_help)
-    parser.add_argument("--send-timeout", type=float, default=10.0, help="seconds; drops clients that stop reading")
-    parser.add_argument("--history", type=int, default=50, help="public messages kept for newcomers; 0: none")
-    parser.add_argument(
-        "--server-id", default=env.get("CHATROOM_SERVER_ID"), help="this process among several (default host-port)"
-    )
-    parser.add_argument("--dead-after", type=float, default=15.0, help="seconds without heartbeat: a server is dead")
-    parser.add_argument(
-        "--cpu",
-        default=env.get("CHATROOM_CPU", "auto"),
-        type=_cpu_spec,
-        help="run on this one CPU; auto (default): one chosen by the port; none: any",
-    )
-    parser.add_argument(
-        "--wakeup-budget",
-        type=float,
-        default=5000.0,
-        metavar="PER_S",
-        help="busy listeners wake about this often a second at most; they linger longer in bigger rooms "
-        "(0: a fixed 10 ms linger)",
-    )
-    limits = parser.add_argument_group("limits (0 turns a limit off)")
-    limits.add_argument("--login-timeout", type=float, default=30.0, help="seconds to the first whole frame")
-    limits.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to finish a begun frame")
-    limits.add_argument("--idle-timeout", type=float, default=600.0, help="seconds of silence before a drop")
-    limits.add_argument("--rate-limit", type=float, default=10.0, metavar="MSGS_PER_S", help="messages a second")
-    limits.add_argument("--rate-burst", type=int, default=20, metavar="N", help="messages in one burst")
-    limits.add_argument("--max-per-ip", type=int, default=64, help="concurrent connections from one address")
+def build_parser(environ=None) -> argparse.ArgumentParser:
+    """The command line, generated from :class:`Config`: a flag per setting.
+
+    A setting's environment variable, when set, replaces its default; it is
+    checked as the flag would be, and a bad one is a usage error naming it.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="chatroom-server", description="redis-chatroom server")
+    limits = parser.add_argument_group("limits (the help of each says what 0 means)")
+    bad_environment = []
+    for item in fields(Config):
+        meta = item.metadata
+        if not meta["flag"]:
+            continue
+        default = item.default
+        env = meta["env"]
+        help_text = meta["help"]
+        if item.default is not None:
+            help_text += f" [default: {item.default}]"
+        if env:
+            help_text += f" (env {env})"
+            if environ.get(env):
+                # Not shown in the help: REDIS_URL may hold a password.
+                try:
+                    default = meta["convert"](environ[env])
+                except ValueError as exc:  # each reason quotes the value (a URL masked)
+                    bad_environment.append(f"{env}: {exc}")
+        target = limits if meta["group"] == LIMITS else parser
+        target.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            default=default,
+            type=_flag_type(item.name.replace("_", "-"), meta["convert"]),
+            metavar=meta["metavar"],
+            help=help_text,
+        )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
+    if bad_environment:
+        parser.error("; ".join(bad_environment))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, environ=None) -> Config:
+    """Command-line flags (and environment variables) -> a checked :class:`Config`; usage errors exit 2."""
+    parser = build_parser(environ)
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Config(
-        host=args.host,
-        port=args.port,
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        lang=args.lang,
-        max_frame=args.max_frame,
-        max_clients=args.max_clients,
-        send_timeout=args.send_timeout,
-        history=args.history,
-        login_timeout=args.login_timeout,
-        frame_timeout=args.frame_timeout,
-        idle_timeout=args.idle_timeout,
-        rate_limit=args.rate_limit,
-        rate_burst=args.rate_burst,
-        max_per_ip=args.max_per_ip,
-        server_id=args.server_id,
-        dead_after=args.dead_after,
-        cpu=args.cpu,
-        wakeup_budget=args.wakeup_budget,
-    )
+    values = {item.name: getattr(args, item.name) for item in fields(Config) if item.metadata["flag"]}
+    try:
+        config = Config(**values)
+    except ValueError as exc:  # only a bad default could get here: the flags are checked already
+        parser.error(str(exc))
+    if config.max_frame > MAX_FRAME:
+        logger.warning(
+            "--max-frame %d: the original Go client cannot decode frames over %d bytes", config.max_frame, MAX_FRAME
+        )
+    return config
 
 
 #: Seconds a thread waiting for the GIL waits before it makes the holder drop
@@ -1592,6 +1911,27 @@ def pin_to_cpu(spec: str, port: int) -> int | None:
     return cpu
 
 
+def describe_redis_error(exc: redis.RedisError) -> str:
+    """One line for an operator: what Redis refused, and what to do about it."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return f"it is a read only replica; give the master's address ({exc})"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return f"it is out of memory (maxmemory, with a policy that evicts nothing); free some or raise it ({exc})"
+    return str(exc)
+
+
+def say_listening(server: ChatServer) -> None:
+    """Print where the server listens; a standard output that cannot be written must not stop it."""
+    try:
+        print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+    except OSError as exc:  # e.g. > /dev/full
+        logger.warning("cannot write to standard output (%s); going on without it", exc)
+        # What is left in its buffer would fail again at exit, with status 120.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
     config = parse_args(argv)
@@ -1601,13 +1941,16 @@ def main(argv: list[str] | None = None) -> int:
     pinned = pin_to_cpu(config.cpu, config.port)
     if pinned is not None:
         logger.info("running on CPU %d", pinned)
-    server = ChatServer(config)
+    server = ChatServer(config)  # SystemExit with one line when Redis is unreachable
     try:
         server.bind()
     except OSError as exc:
         print(f"cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
-    print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+    except redis.RedisError as exc:  # a read-only replica, out of memory, ...
+        print(f"cannot use Redis at {mask_url(config.redis_url)}: {describe_redis_error(exc)}", file=sys.stderr)
+        return 1
+    say_listening(server)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, name="shutdown").start()

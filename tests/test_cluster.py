@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
+import redis
 from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess
 
 pytestmark = [
@@ -17,6 +19,7 @@ pytestmark = [
 
 LOST = "individual:{}:系统消息:The server lost its connection to Redis: messages cannot be sent for now\n"
 BACK = "individual:{}:系统消息:The server is connected to Redis again\n"
+NOT_SENT = "individual:{}:系统消息:Server error: your message was not sent, please try again later\n"
 
 
 def left(name):
@@ -43,7 +46,11 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-        self.log.close()
+
+    def read_log(self) -> str:
+        """What the process logged (to stderr) so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 @pytest.fixture
@@ -70,6 +77,7 @@ def cluster(redis_proc):
     yield start
     for server in started:
         server.stop()
+        server.log.close()
 
 
 def online_count(client: RawClient, name: str) -> int:
@@ -192,9 +200,7 @@ def test_redis_gone_for_ten_seconds_keeps_every_chat_client(redis_proc, cluster)
     alice.expect(LOST.format("alice"))
     bob.expect(LOST.format("bob"))
     alice.send("channel:channel1::into the void")
-    assert alice.expect(lambda f: "系统消息" in f and "alice" in f.split(":")[1]) == (
-        "individual:alice:系统消息:Server error, please try again later\n"
-    )
+    assert alice.expect(lambda f: "系统消息" in f and "alice" in f.split(":")[1]) == NOT_SENT.format("alice")
     time.sleep(10)  # the outage itself is what is under test
     redis_proc.start()
     alice.expect(BACK.format("alice"))
@@ -237,3 +243,82 @@ def test_after_redis_loses_its_data_new_users_never_get_a_live_users_id(make_ser
     bob.send("individual:alice::just you")
     alice.expect("individual:bob:private:just you\n")
     assert online_count(alice, "alice") == 2
+
+
+# --- what a sender is told about a message is what happened to it -----------------------
+
+
+def replies_to(client: RawClient, name: str):
+    return [f for f in client.seen if f.startswith(f"individual:{name}:")]
+
+
+def wait_for_log(server: ServerProcess, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.read_log():
+        assert time.monotonic() < deadline, f"the server never logged {text!r}"
+        time.sleep(0.05)  # a log file has nothing to await
+
+
+def test_messages_reported_not_sent_during_an_outage_are_never_delivered(redis_proc, cluster):
+    a = cluster()
+    alice, carol = a.client(), a.client()
+    alice.login("alice")
+    carol.login("carol")
+    redis_proc.stop()
+    alice.expect(LOST.format("alice"))
+    for text in ("X1", "X2"):
+        alice.send(f"channel:channel1::{text}")
+        alice.expect(NOT_SENT.format("alice"))
+    redis_proc.start()
+    alice.expect(BACK.format("alice"))
+    carol.expect(BACK.format("carol"))
+    alice.send("channel:channel1::X3")
+    carol.expect("channel:channel1:alice:X3\n")
+    alice.expect("channel:channel1:alice:X3\n")
+    # Original here: the failed pipeline kept X1 and X2 queued, and sent them with X3.
+    assert not any(":X1" in f or ":X2" in f for f in carol.seen + alice.seen)
+
+
+def test_out_of_memory_a_refused_message_reaches_nobody_and_gets_one_answer(redis_proc, cluster):
+    a = cluster("--dead-after", "0.6")
+    alice, carol = a.client(), a.client()
+    alice.login("alice")
+    carol.login("carol")
+    admin = redis.Redis.from_url(redis_proc.url)
+    admin.config_set("maxmemory", 1)  # noeviction, the default: every write that may grow memory is refused
+    try:
+        wait_for_log(a, "Redis refuses writes")  # the heartbeat met it too
+        alice.send("channel:channel1::refused")
+        alice.expect(NOT_SENT.format("alice"))
+        alice.send("individual:carol::also refused")
+        alice.expect(NOT_SENT.format("alice"))
+        alice.send("individual:alice:changeName:alicia")
+        answer = alice.expect(lambda f: f.startswith("individual:alice:"))
+        assert "changeNameFirst2" in answer or "changeName1" in answer
+    finally:
+        admin.config_set("maxmemory", 0)
+    name = "alicia" if "changeName1" in answer else "alice"
+    alice.send("channel:channel1::accepted again")
+    carol.expect(f"channel:channel1:{name}:accepted again\n")
+    alice.expect(f"channel:channel1:{name}:accepted again\n")
+    assert not any("refused" in f for f in carol.seen)
+    # One answer each (after the login's): the refused chat, the refused private message, the rename.
+    assert len([f for f in replies_to(alice, "alice") if "系统消息" in f or "changeName" in f]) == 1 + 3
+    # Redis answered all along: nobody was told the connection was lost.
+    assert LOST.format("carol") not in carol.seen
+
+
+def test_a_heartbeat_that_fails_during_an_outage_logs_once_then_says_how_long_it_lasted(redis_proc, cluster):
+    a = cluster("--dead-after", "0.6")  # a heartbeat every 0.2 s
+    alice = a.client()
+    alice.login("alice")
+    redis_proc.stop()
+    alice.expect(LOST.format("alice"))
+    time.sleep(1.5)  # the outage itself is what is under test: about 7 heartbeats fail
+    redis_proc.start()
+    alice.expect(BACK.format("alice"))
+    a.stop()
+    log = a.read_log()
+    assert log.count("lost the connection to Redis") == 1, log
+    assert "heartbeat failed" not in log, log
+    assert re.search(r"Redis is reachable again, after \d+\.\d s", log), log

@@ -24,7 +24,10 @@ SEED = ROOT.parent / "shared" / "seed" / "000_239ad73594a47b9e.txt"
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(GO is None, reason="no Go toolchain (apt-get install golang-go)"),
-    pytest.mark.skipif(not SEED.exists(), reason="the seed post is not beside this checkout"),
+    pytest.mark.skipif(
+        not SEED.exists(),
+        reason=f"the seed post (the Go source) must be at {SEED}: put the shared/ folder beside this checkout",
+    ),
 ]
 
 

@@ -13,7 +13,9 @@ import time
 import pytest
 from conftest import ROOT, RawClient, threads_back_to
 
+import server as server_module
 from framing import encode
+from server import Config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,11 +73,44 @@ def test_a_steady_stream_that_always_ends_mid_frame_is_not_cut(make_server):
     client.expect("channel:channel1:alice:m39\n")
 
 
-def test_an_idle_client_is_dropped_after_the_idle_timeout(make_server):
+def test_an_idle_connection_without_a_nickname_is_dropped_after_the_idle_timeout(make_server):
     server = make_server(idle_timeout=0.3)
     client = RawClient(server.port)
-    client.login("alice")
+    client.send("individual::menu:")  # one frame: past the login deadline, still nameless
     assert closed_with(client, "Idle for more than 0.3 s; closing")
+
+
+def test_a_named_user_who_only_reads_is_never_dropped_for_silence(make_server):
+    server = make_server(idle_timeout=0.3)
+    lurker, talker = RawClient(server.port), RawClient(server.port)
+    lurker.login("lurker")
+    talker.login("talker")
+    time.sleep(1.0)  # silence, three idle timeouts long, is what is under test
+    talker.send("channel:channel1::still there?")
+    lurker.expect("channel:channel1:talker:still there?\n")
+    assert not any("Idle" in f for f in lurker.seen)
+    # A guest that took its name with ./cd2 (changeName) is a named user too.
+    guest = RawClient(server.port)
+    guest.send("individual::changeNameFirst:lurker")
+    guest.expect(lambda f: "changeNameFirst0" in f)
+    guest.send("individual:guest:changeName:reader")
+    guest.expect("individual:reader:changeName1:reader\n")
+    time.sleep(0.6)
+    talker.send("channel:channel1::and you?")
+    guest.expect("channel:channel1:talker:and you?\n")
+
+
+def test_named_chat_sockets_have_tcp_keepalive_to_find_vanished_hosts(make_server):
+    server = make_server()
+    client = RawClient(server.port)
+    client.login("alice")
+    (conn,) = server.connections
+    assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == server_module.CLIENT_KEEPALIVE[0]
+
+
+def test_the_login_deadline_leaves_a_person_minutes_to_type_a_name():
+    assert Config().login_timeout >= 180
 
 
 def test_a_refused_nickname_counts_as_the_first_frame_and_the_user_chats_unnamed(make_server):

@@ -15,7 +15,7 @@ import time
 import fakeredis
 import pytest
 import redis
-from conftest import ROOT, RawClient, threads_back_to
+from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, free_port, threads_back_to
 
 import server as server_module
 from framing import encode
@@ -332,7 +332,7 @@ def test_activity_ranking_lists_the_five_most_active_users(connect):
     for name, client in clients.items():
         client.login(name)
     asker = clients["u6"]
-    # Each handled message counts, the first nickname included: uN ends with N + 1.
+    # Only what a user says counts: the nickname and commands do not, so uN ends with N.
     for count, name in enumerate(("u1", "u2", "u3", "u4", "u5"), start=1):
         for i in range(count):
             clients[name].send(f"channel:channel1::{i}")
@@ -342,7 +342,7 @@ def test_activity_ranking_lists_the_five_most_active_users(connect):
     ranking = asker.expect(lambda f: "Activity ranking" in f)
     assert ranking == (
         "channel:channel1:系统消息:Activity ranking\n"
-        " #1 : u5 (6)\n #2 : u4 (5)\n #3 : u3 (4)\n #4 : u2 (3)\n #5 : u1 (2)\n\n"
+        " #1 : u5 (5)\n #2 : u4 (4)\n #3 : u3 (3)\n #4 : u2 (2)\n #5 : u1 (1)\n\n"
     )
 
 
@@ -392,6 +392,19 @@ def test_an_unknown_channel_mark_gets_a_format_error(connect):
     assert alice.expect(lambda f: f.startswith("individual:")) == "individual:alice:系统消息:Bad message format\n"
 
 
+def test_a_guest_taking_its_first_name_with_changename_is_announced_as_joined(connect):
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.send("individual::changeNameFirst:alice")
+    bob.expect(lambda f: "changeNameFirst0" in f)
+    bob.send("individual:guest:changeName:bob")  # the Go client's ./cd2 after a refused first name
+    bob.expect("individual:bob:changeName1:bob\n")
+    alice.expect(JOIN.format("bob"))
+    bob.send("channel:channel1:quit:")
+    alice.expect(LEFT.format("bob"))
+    assert alice.seen.count(JOIN.format("bob")) == 1
+
+
 # --- bad input ---------------------------------------------------------------
 
 
@@ -434,6 +447,50 @@ def test_empty_frames_are_ignored(connect):
     alice.send_raw(b"\x00\x00\x00\x00" * 3)
     alice.send("channel:channel1::after")
     alice.expect("channel:channel1:alice:after\n")
+
+
+FORGERY = "ok\n[21:13] < System > User left: mallory\n[21:13] < bob > my password is hunter2"
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (FORGERY, "A message must not contain line breaks: send each line as its own message"),
+        ("a\rb", "A message must not contain line breaks: send each line as its own message"),
+        ("a\u2028b", "A message must not contain line breaks: send each line as its own message"),
+        ("\x1b[2Jcleared", "A message must not contain control characters"),
+    ],
+)
+def test_chat_and_private_texts_that_could_forge_lines_are_refused_and_reach_nobody(make_server, text, reason):
+    server = make_server()
+    mallory, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        mallory.login("mallory")
+        bob.login("bob")
+        for payload in (f"channel:channel1::{text}", f"individual:bob::{text}"):
+            mallory.send(payload)
+            assert mallory.expect(lambda f: f.startswith("individual:")) == f"individual:mallory:系统消息:{reason}\n"
+        mallory.send("channel:channel1::tabs\tare fine")
+        bob.expect("channel:channel1:mallory:tabs\tare fine\n")
+        assert not any("hunter2" in f or "cleared" in f or "private" in f for f in bob.seen)
+        newcomer = RawClient(server.port)
+        newcomer.login("newcomer")
+        newcomer.send("channel:channel1::marker")
+        newcomer.expect("channel:channel1:newcomer:marker\n")
+        assert [f for f in newcomer.seen if f.startswith("history:")] == [
+            f for f in newcomer.seen if f.startswith("history:") and f.endswith(":mallory:tabs\tare fine\n")
+        ]
+        newcomer.close()
+    finally:
+        mallory.close()
+        bob.close()
+
+
+def test_the_servers_own_multi_line_texts_stay_as_they_are(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("individual:alice:menu:")
+    assert alice.expect(lambda f: "./menu" in f).count("\n") > 3
 
 
 def test_a_chat_text_too_long_for_the_clients_is_refused(connect):
@@ -487,6 +544,11 @@ def test_chinese_texts_are_the_originals_byte_for_byte(make_server):
             "*./cd4 或 ./ activity 查询活跃排行\n * ./cd5 或 ./quit 退出聊天室\n\n"
         ).encode()
         assert len(menu.encode()) - len("individual:bob:系统消息:".encode()) + len("individual:alice:系统消息:".encode()) == 230
+        # Only chat counts for the ranking: bob says four things, alice one.
+        alice.send("channel:channel1::嗨")
+        for i in range(4):
+            bob.send(f"channel:channel1::{i}")
+        bob.expect("channel:channel1:bob:3\n")
         bob.send("channel:channel1:activity:")
         ranking = bob.expect(lambda f: "活跃度排名" in f)
         # The original's text, with each user's count added.
@@ -735,3 +797,104 @@ def test_an_unreachable_redis_fails_fast_with_a_clear_message():
     )
     assert result.returncode != 0
     assert "cannot reach Redis at redis://127.0.0.1:" in result.stderr
+
+
+def run_server(*args: str, env=None, python=(sys.executable,), timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*python, str(ROOT / "server.py"), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "REDIS_URL": "", **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "no error was printed"
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--redis-url", "nonsense"], {}, "argument --redis-url: not a Redis URL"),
+        ([], {"REDIS_URL": "nonsense"}, "REDIS_URL: not a Redis URL"),
+        (["--port", "99999"], {}, "argument --port: must be at most 65535"),
+        ([], {"CHATROOM_PORT": "abc"}, "CHATROOM_PORT: not a whole number"),
+        (["--dead-after", "0"], {}, "argument --dead-after: must be at least 0.3"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_and_no_traceback(args, env, says):
+    result = run_server(*args, env=env)
+    assert result.returncode == 2
+    assert says in one_line_error(result)
+
+
+def test_an_unreachable_redis_with_a_password_is_reported_without_it():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_server("--redis-url", f"redis://:hunter2@127.0.0.1:{port}/0")
+    assert result.returncode == 1
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in one_line_error(result)
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_read_only_replica_at_start_is_one_line_and_exit_1(tmp_path):
+    replica = RedisProcess("--replicaof", "127.0.0.1", str(free_port()), "--dir", str(tmp_path))
+    replica.start()
+    try:
+        result = run_server("--redis-url", replica.url)
+    finally:
+        replica.stop()
+    assert result.returncode == 1
+    error = one_line_error(result)
+    assert error.startswith(f"cannot use Redis at {replica.url}: ") and "read only replica" in error
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_redis_out_of_memory_at_start_is_one_line_and_exit_1(tmp_path):
+    full = RedisProcess("--maxmemory", "1", "--dir", str(tmp_path))
+    full.start()
+    try:
+        result = run_server("--redis-url", full.url)
+    finally:
+        full.stop()
+    assert result.returncode == 1
+    assert "it is out of memory (maxmemory" in one_line_error(result)
+
+
+def test_the_server_runs_when_standard_output_cannot_be_written():
+    port = free_port()
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), "--port", str(port)],
+            stdout=full, stderr=subprocess.PIPE, text=True, env={**os.environ, "REDIS_URL": ""},
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = RawClient(port)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)  # a process starting: nothing to await
+        client.login("alice")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_python_without_the_dependencies_says_what_to_run():
+    # -S: no site-packages, so redis cannot be imported; -I: no PYTHON* variables.
+    result = run_server("--help", python=(sys.executable, "-I", "-S"))
+    assert result.returncode == 1
+    assert "run `make run`, or `pip install .` first" in one_line_error(result)
