@@ -23,19 +23,22 @@ import time
 HEADER = struct.Struct("<i")
 HEADER_SIZE = HEADER.size
 
-#: The largest payload the original Go programs can decode: their ``Decode``
-#: only looks inside a 4096-byte ``bufio.Reader``, header included.
-MAX_FRAME = 4096 - HEADER_SIZE
+#: The size of the original Go programs' ``bufio.Reader``: their ``Decode``
+#: only decodes a frame that lies whole inside one such buffer.
+GO_READ_BUFFER = 4096
+
+#: The largest payload the original Go programs can decode: one buffer, header included.
+MAX_FRAME = GO_READ_BUFFER - HEADER_SIZE
 
 RECV_SIZE = 65536
 
 
 class FrameError(Exception):
-    """The peer sent bytes that are not a valid frame stream."""
+    """The peer sent bytes that are not a valid frame stream.
 
-    #: True when the stream is still in step after the error (the bad frame
-    #: was consumed whole), so a server may answer and keep the connection.
-    recoverable = False
+    Only :class:`InvalidUtf8` leaves the stream in step (the bad frame was
+    consumed whole): callers catch it by class to answer and go on.
+    """
 
 
 class TruncatedFrame(FrameError):
@@ -69,9 +72,7 @@ class FrameTimeout(FrameError):
 
 
 class InvalidUtf8(FrameError):
-    """A whole frame arrived, but its payload is not UTF-8."""
-
-    recoverable = True
+    """A whole frame arrived, but its payload is not UTF-8; the stream is still in step."""
 
 
 def encode(text: str) -> bytes:
@@ -110,7 +111,7 @@ class FrameDecoder:
 
         Raises a :class:`FrameError` subclass for a negative or oversized
         length (the stream cannot be trusted after that) or for a payload that
-        is not UTF-8 (recoverable: that frame has been consumed).
+        is not UTF-8 (:class:`InvalidUtf8`: that frame has been consumed, the stream is in step).
         """
         buffer = self._buffer
         if len(buffer) < HEADER_SIZE:

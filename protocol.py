@@ -61,6 +61,11 @@ def join_message(target_type: str, target: str, mark: str, text: str) -> str:
     return f"{target_type}:{target}:{mark}:{text}"
 
 
+def fits(payload: str, max_frame: int) -> bool:
+    """Whether a server payload, with the "\n" every one ends with, fits in one frame of ``max_frame``."""
+    return len(payload.encode("utf-8")) + 1 <= max_frame
+
+
 # --- nicknames ---------------------------------------------------------------
 
 MAX_NAME_LENGTH = 32

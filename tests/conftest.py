@@ -20,10 +20,20 @@ sys.path.insert(0, str(ROOT))
 
 from redis_process import REDIS_SERVER, RedisProcess, free_port  # noqa: F401 - tests import them from here
 
+from chatroom.config import Config
 from framing import FrameReader, encode
-from server import ChatServer, Config
+from server import ChatServer
 
 _prefixes = itertools.count()
+
+#: One factor for the short timing bounds of the tests (deadlines, pacing, "at most so long"):
+#: CHATROOM_TEST_TIMING=3 gives a loaded machine three times as long.
+TIMING = float(os.environ.get("CHATROOM_TEST_TIMING", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times the suite's timing factor (see :data:`TIMING`)."""
+    return seconds * TIMING
 
 
 def threads_back_to(baseline: set[threading.Thread], timeout: float = 10.0) -> list[threading.Thread]:

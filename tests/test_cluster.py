@@ -7,10 +7,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess
+from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, scaled
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -27,10 +28,10 @@ def left(name):
 
 
 class ServerProcess:
-    """``python server.py`` on a free port against one Redis."""
+    """``python server.py`` on a free port against one Redis (``script``: another server.py)."""
 
-    def __init__(self, redis_url: str, *args: str) -> None:
-        self.args = [sys.executable, str(ROOT / "server.py"), "--port", "0", "--redis-url", redis_url, *args]
+    def __init__(self, redis_url: str, *args: str, script=ROOT / "server.py") -> None:
+        self.args = [sys.executable, str(script), "--port", "0", "--redis-url", redis_url, *args]
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
@@ -132,7 +133,7 @@ def test_a_killed_process_users_are_removed_and_announced_once(cluster):
     started = time.monotonic()
     bob.expect(left("alice"))
     carol.expect(left("alice"))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < scaled(10)
     bob.send("channel:channel1::marker")
     bob.expect("channel:channel1:bob:marker\n")
     carol.expect("channel:channel1:bob:marker\n")
@@ -153,7 +154,7 @@ def test_a_process_restarted_with_the_same_id_cleans_up_at_once(cluster):
     started = time.monotonic()
     a_again = cluster("--server-id", "a", "--dead-after", "60")
     bob.expect(left("alice"))
-    assert time.monotonic() - started < 10, "not at once: the dead-after of 60 s would have done it"
+    assert time.monotonic() - started < scaled(10), "not at once: the dead-after of 60 s would have done it"
     a_again.client().login("alice")
 
 
@@ -322,3 +323,46 @@ def test_a_heartbeat_that_fails_during_an_outage_logs_once_then_says_how_long_it
     assert log.count("lost the connection to Redis") == 1, log
     assert "heartbeat failed" not in log, log
     assert re.search(r"Redis is reachable again, after \d+\.\d s", log), log
+
+
+#: The last commit before the chatroom package, when server.py held everything.
+PRE_PACKAGE_COMMIT = "726734ee1da7086bda0b9be5010e9d12efa1bec6"
+
+
+def previous_layout(into) -> Path:
+    """server.py, framing.py and protocol.py of :data:`PRE_PACKAGE_COMMIT`, extracted into ``into``."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", PRE_PACKAGE_COMMIT, "server.py", "framing.py", "protocol.py"],
+            capture_output=True, check=True, timeout=30,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"commit {PRE_PACKAGE_COMMIT} is not in this checkout's history (a shallow clone?): {exc}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=30)
+    return into / "server.py"
+
+
+def test_a_process_of_the_previous_layout_and_this_one_share_a_redis(redis_proc, cluster, tmp_path):
+    """An upgrade runs old and new processes side by side: same keys, same scripts, same payloads."""
+    old = ServerProcess(redis_proc.url, "--rate-limit", "0", "--dead-after", "1.5", script=previous_layout(tmp_path))
+    try:
+        new = cluster("--dead-after", "1.5")
+        alice, bob = old.client(), new.client()
+        alice.login("alice")
+        bob.login("bob")
+        alice.expect("channel:channel1:系统消息:User < bob > joined!\n")
+        alice.send("channel:channel1::from the old one")
+        bob.expect("channel:channel1:alice:from the old one\n")
+        bob.send("individual:alice::and back")
+        alice.expect("individual:bob:private:and back\n")
+        carol = new.client()
+        carol.send("individual::changeNameFirst:ALICE")  # names are shared: taken on the old process
+        carol.expect(lambda f: "changeNameFirst0" in f)
+        assert online_count(bob, "bob") == 3
+        old.proc.kill()  # the new process reaps the old one's users, once
+        bob.expect(left("alice"))
+        carol.login("alice")
+        assert bob.seen.count(left("alice")) == 1
+    finally:
+        old.stop()
+        old.log.close()

@@ -7,8 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-import server as server_module
-from server import Config, parse_args
+from chatroom.config import Config, parse_args
+from chatroom.redisdb import mask_url
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -99,7 +99,7 @@ def test_config_made_directly_is_checked_too():
 
 
 def test_a_redis_password_never_appears_in_what_is_shown():
-    assert server_module.mask_url("redis://:secret@h:1/0") == "redis://:***@h:1/0"
-    assert server_module.mask_url("redis://user:secret@h/0") == "redis://user:***@h/0"
-    assert server_module.mask_url("redis://secret@h/0") == "redis://***@h/0"
-    assert server_module.mask_url("redis://h:1/0") == "redis://h:1/0"
+    assert mask_url("redis://:secret@h:1/0") == "redis://:***@h:1/0"
+    assert mask_url("redis://user:secret@h/0") == "redis://user:***@h/0"
+    assert mask_url("redis://secret@h/0") == "redis://***@h/0"
+    assert mask_url("redis://h:1/0") == "redis://h:1/0"

@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, RawClient, threads_back_to
+from conftest import ROOT, RawClient, scaled, threads_back_to
 
-import server as server_module
+from chatroom.config import Config
+from chatroom.connection import CLIENT_KEEPALIVE
 from framing import encode
-from server import Config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,22 +32,22 @@ def closed_with(client: RawClient, text: str) -> bool:
 
 
 def test_a_silent_connection_is_closed_after_the_login_timeout(make_server):
-    server = make_server(login_timeout=0.3)
+    server = make_server(login_timeout=scaled(0.3))
     client = RawClient(server.port)
-    assert closed_with(client, "Nothing received within 0.3 s of connecting; closing")
+    assert closed_with(client, f"Nothing received within {scaled(0.3):g} s of connecting; closing")
     assert server.wait_for_connections(0, 10)
 
 
 def test_a_frame_left_unfinished_is_closed_after_the_frame_timeout(make_server):
-    server = make_server(frame_timeout=0.3)
+    server = make_server(frame_timeout=scaled(0.3))
     client = RawClient(server.port)
     client.login("alice")
     client.send_raw(encode("channel:channel1::hello")[:7])
-    assert closed_with(client, "A message took longer than 0.3 s to arrive; closing")
+    assert closed_with(client, f"A message took longer than {scaled(0.3):g} s to arrive; closing")
 
 
 def test_a_frame_trickled_byte_by_byte_is_cut_at_the_frame_deadline(make_server):
-    server = make_server(frame_timeout=0.5)
+    server = make_server(frame_timeout=scaled(0.5))
     client = RawClient(server.port)
     client.login("alice")
     frame = encode("channel:channel1::" + "x" * 40)
@@ -55,37 +55,37 @@ def test_a_frame_trickled_byte_by_byte_is_cut_at_the_frame_deadline(make_server)
     try:
         for byte in frame:
             client.send_raw(bytes([byte]))
-            time.sleep(0.05)  # the trickle itself is what is under test
+            time.sleep(scaled(0.05))  # the trickle itself is what is under test
     except OSError:
         pass
-    assert closed_with(client, "took longer than 0.5 s")
-    assert time.monotonic() - started < 2.5
+    assert closed_with(client, f"took longer than {scaled(0.5):g} s")
+    assert time.monotonic() - started < scaled(2.5)
 
 
 def test_a_steady_stream_that_always_ends_mid_frame_is_not_cut(make_server):
-    server = make_server(frame_timeout=0.3)
+    server = make_server(frame_timeout=scaled(0.3))
     client = RawClient(server.port)
     client.login("alice")
     stream = b"".join(encode(f"channel:channel1::m{i}") for i in range(40))
     for start in range(0, len(stream), 25):  # 25-byte pieces: nearly every read ends inside a frame
         client.send_raw(stream[start : start + 25])
-        time.sleep(0.02)  # the pacing is what is under test: 0.6 s in all, twice the frame timeout
+        time.sleep(scaled(0.02))  # the pacing is what is under test: 0.6 s in all, twice the frame timeout
     client.expect("channel:channel1:alice:m39\n")
 
 
 def test_an_idle_connection_without_a_nickname_is_dropped_after_the_idle_timeout(make_server):
-    server = make_server(idle_timeout=0.3)
+    server = make_server(idle_timeout=scaled(0.3))
     client = RawClient(server.port)
     client.send("individual::menu:")  # one frame: past the login deadline, still nameless
-    assert closed_with(client, "Idle for more than 0.3 s; closing")
+    assert closed_with(client, f"Idle for more than {scaled(0.3):g} s; closing")
 
 
 def test_a_named_user_who_only_reads_is_never_dropped_for_silence(make_server):
-    server = make_server(idle_timeout=0.3)
+    server = make_server(idle_timeout=scaled(0.3))
     lurker, talker = RawClient(server.port), RawClient(server.port)
     lurker.login("lurker")
     talker.login("talker")
-    time.sleep(1.0)  # silence, three idle timeouts long, is what is under test
+    time.sleep(scaled(1.0))  # silence, three idle timeouts long, is what is under test
     talker.send("channel:channel1::still there?")
     lurker.expect("channel:channel1:talker:still there?\n")
     assert not any("Idle" in f for f in lurker.seen)
@@ -95,7 +95,7 @@ def test_a_named_user_who_only_reads_is_never_dropped_for_silence(make_server):
     guest.expect(lambda f: "changeNameFirst0" in f)
     guest.send("individual:guest:changeName:reader")
     guest.expect("individual:reader:changeName1:reader\n")
-    time.sleep(0.6)
+    time.sleep(scaled(0.6))
     talker.send("channel:channel1::and you?")
     guest.expect("channel:channel1:talker:and you?\n")
 
@@ -106,7 +106,7 @@ def test_named_chat_sockets_have_tcp_keepalive_to_find_vanished_hosts(make_serve
     client.login("alice")
     (conn,) = server.connections
     assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-    assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == server_module.CLIENT_KEEPALIVE[0]
+    assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == CLIENT_KEEPALIVE[0]
 
 
 def test_the_login_deadline_leaves_a_person_minutes_to_type_a_name():
@@ -114,12 +114,12 @@ def test_the_login_deadline_leaves_a_person_minutes_to_type_a_name():
 
 
 def test_a_refused_nickname_counts_as_the_first_frame_and_the_user_chats_unnamed(make_server):
-    server = make_server(login_timeout=0.3)
+    server = make_server(login_timeout=scaled(0.3))
     alice, bob = RawClient(server.port), RawClient(server.port)
     alice.login("alice")
     bob.send("individual::changeNameFirst:alice")
     bob.expect(lambda f: "changeNameFirst0" in f)
-    time.sleep(0.5)  # past the login deadline, which no longer applies
+    time.sleep(scaled(0.5))  # past the login deadline, which no longer applies
     bob.send("channel:channel1::still here")
     assert bob.expect(lambda f: f.endswith(":still here\n")).startswith("channel:channel1:guest-")
 
@@ -191,7 +191,7 @@ def test_connections_over_the_server_limit_are_refused_with_a_reason(make_server
 
 
 def test_a_client_that_stops_reading_is_dropped_without_delaying_others(make_server):
-    server = make_server(send_timeout=0.5)
+    server = make_server(send_timeout=scaled(0.5))
     sleepy = socket.socket()
     sleepy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sleepy.connect(("127.0.0.1", server.port))
@@ -209,7 +209,7 @@ def test_a_client_that_stops_reading_is_dropped_without_delaying_others(make_ser
             break
     else:
         pytest.fail("the client that never reads was never dropped")
-    assert longest_wait < 0.45, "alice waited on sleepy's full socket"
+    assert longest_wait < scaled(0.45), "alice waited on sleepy's full socket"
     sleepy.close()
     assert server.wait_for_connections(1, 10)
 
@@ -281,7 +281,7 @@ def test_out_of_file_descriptors_new_connections_are_refused_not_crashed():
 
 
 def test_the_server_raises_its_open_file_limit_to_the_hard_limit():
-    from server import raise_open_file_limit
+    from chatroom.process import raise_open_file_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

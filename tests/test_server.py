@@ -17,7 +17,9 @@ import pytest
 import redis
 from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, free_port, threads_back_to
 
-import server as server_module
+import protocol as p
+from chatroom import process
+from chatroom.config import parse_args
 from framing import encode
 from server import ChatServer, Config
 
@@ -227,7 +229,7 @@ def test_who_with_more_names_than_fit_in_a_frame_is_cut_short(make_server):
     server.rdb.hset(server.keys.users_name, mapping={str(i): f"user{i:04}-" + "x" * 20 for i in range(1000)})
     text = server.who_text()
     assert text.startswith("Online (1000): user0000-") and text.endswith(", …")
-    assert server.fits(f"individual:{'x' * 32}:系统消息:{text}")
+    assert p.fits(f"individual:{'x' * 32}:系统消息:{text}", server.config.max_frame)
 
 
 def test_newcomers_get_the_recent_public_messages_with_their_times(make_server):
@@ -704,7 +706,7 @@ def test_a_busy_room_delivers_everything_in_order_and_a_quiet_message_still_arri
     try:
         alice.login("alice")
         bob.login("bob")
-        assert server.linger_seconds() == 0.5  # MAX_LINGER
+        assert server.listeners.linger_seconds() == 0.5  # MAX_LINGER
         for i in range(200):
             alice.send(f"channel:channel1::burst {i}")
         for i in range(200):
@@ -728,11 +730,11 @@ def test_the_linger_grows_with_the_room_within_its_bounds():
     server = ChatServer(Config(listener_linger=0.01, wakeup_budget=1000), fakeredis.FakeRedis())
     for users, linger in ((0, 0.01), (5, 0.01), (100, 0.1), (250, 0.25), (5000, 0.5)):
         server.connections = {object() for _ in range(users)}
-        assert server.linger_seconds() == linger
+        assert server.listeners.linger_seconds() == linger
     server.config.wakeup_budget = 0
-    assert server.linger_seconds() == 0.01
+    assert server.listeners.linger_seconds() == 0.01
     server.config.listener_linger = 0
-    assert server.linger_seconds() == 0
+    assert server.listeners.linger_seconds() == 0
 
 
 # --- the command line --------------------------------------------------------
@@ -761,9 +763,9 @@ def test_python_server_py_serves_and_exits_zero_on_sigterm():
 def test_cpu_auto_pins_the_process_to_one_allowed_cpu_chosen_by_the_port():
     # In a child process: pinning this one would pin the rest of the tests.
     code = (
-        "import json, os, server\n"
+        "import json, os\nfrom chatroom import process\n"
         "allowed = sorted(os.sched_getaffinity(0))\n"
-        "cpu = server.pin_to_cpu('auto', 9527)\n"
+        "cpu = process.pin_to_cpu('auto', 9527)\n"
         "print(json.dumps([allowed, cpu, sorted(os.sched_getaffinity(0))]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -772,15 +774,15 @@ def test_cpu_auto_pins_the_process_to_one_allowed_cpu_chosen_by_the_port():
         assert (cpu, now) == (None, allowed)
     else:
         assert now == [cpu] == [allowed[9527 % len(allowed)]]
-    assert server_module.pin_to_cpu("none", 9527) is None
+    assert process.pin_to_cpu("none", 9527) is None
 
 
 def test_cpu_flag_takes_auto_none_or_a_number():
-    assert server_module.parse_args([]).cpu == "auto"
-    assert server_module.parse_args(["--cpu", "none"]).cpu == "none"
-    assert server_module.parse_args(["--cpu", "1"]).cpu == "1"
+    assert parse_args([]).cpu == "auto"
+    assert parse_args(["--cpu", "none"]).cpu == "none"
+    assert parse_args(["--cpu", "1"]).cpu == "1"
     with pytest.raises(SystemExit):
-        server_module.parse_args(["--cpu", "fast"])
+        parse_args(["--cpu", "fast"])
 
 
 def test_an_unreachable_redis_fails_fast_with_a_clear_message():
@@ -898,3 +900,12 @@ def test_a_python_without_the_dependencies_says_what_to_run():
     result = run_server("--help", python=(sys.executable, "-I", "-S"))
     assert result.returncode == 1
     assert "run `make run`, or `pip install .` first" in one_line_error(result)
+
+
+def test_each_connection_has_its_three_threads_named_after_its_user(connect, chat_server):
+    alice = connect()
+    alice.login("alice")
+    (conn,) = chat_server.connections
+    names = {thread.name for thread in threading.enumerate()}
+    assert {f"conn-{conn.id}", f"conn-{conn.id}-broadcast", f"conn-{conn.id}-personal"} <= names
+    assert (conn.reader_thread.name, conn.broadcast_thread.name) == (f"conn-{conn.id}", f"conn-{conn.id}-broadcast")

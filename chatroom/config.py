@@ -1,0 +1,292 @@
+"""The settings: one :class:`Config` field each, with its default, help, range and flag.
+
+A default is written once, in :class:`Config`; :func:`build_parser` makes the
+command line from the fields, so a flag, its environment variable and the
+value a test passes to ``Config(...)`` are checked by the same converter.
+A value out of range is refused when it is parsed: a usage error naming the
+flag or the variable (exit status 2), or ValueError for ``Config(...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+import protocol as p
+from chatroom.redisdb import check_redis_url
+from framing import MAX_FRAME
+
+logger = logging.getLogger("chatroom.server")
+
+
+def _number(kind, minimum=None, maximum=None, *, off_at_zero=False):
+    """A converter from text that also checks the range; None bounds are open.
+
+    ``off_at_zero``: 0 is allowed whatever the minimum, and means "no limit".
+    """
+
+    def convert(value):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not {'a whole number' if kind is int else 'a number'}: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"not a finite number: {value!r}")
+        if off_at_zero and number == 0:
+            return number
+        if minimum is not None and number < minimum:
+            lowest = f"0 (off) or at least {minimum:g}" if off_at_zero and minimum > 0 else f"at least {minimum:g}"
+            raise ValueError(f"must be {lowest}, not {value}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum:g}, not {value}")
+        return number
+
+    return convert
+
+
+def _choice(*choices):
+    def convert(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return convert
+
+
+def _cpu_spec(value):
+    if value in ("auto", "none") or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        return value
+    raise ValueError(f"not auto, none or a CPU number: {value!r}")
+
+
+def _redis_url(value):
+    if value in (None, ""):
+        return None
+    check_redis_url(value)
+    return value
+
+
+def _server_id(value):
+    if value in (None, ""):
+        return None
+    if len(value) > 64 or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"must be 1-64 printable characters without spaces: {value!r}")
+    return value
+
+
+def _text(value):
+    return value
+
+
+def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, group=None):
+    """A :class:`Config` field and everything its flag needs: one place for its default.
+
+    ``convert`` turns text (a flag, an environment variable) into the value
+    and raises ValueError, with a reason, for a value out of range; it checks
+    values given directly to Config as well.  ``flag=False``: no command-line
+    flag (tests and embedders set it).
+    """
+    metadata = {"help": help, "flag": flag, "env": env, "convert": convert, "metavar": metavar, "group": group}
+    return field(default=default, metadata=metadata)
+
+
+LIMITS = "limits"
+
+#: Largest --max-frame: beyond it a single frame is a memory attack of its own.
+FRAME_CEILING = 1 << 24
+#: Smallest --max-frame: the server's own longest reply (the menu to a 32-character name) must fit.
+FRAME_FLOOR = 512
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Everything a server instance needs; tests build many in one process.
+
+    Each field is a :func:`setting`: its default, help text, flag, environment
+    variable and range are written once here; :func:`parse_args` builds the
+    command line from them and every value is checked when a Config is made.
+    """
+
+    host: str = setting("127.0.0.1", "listen address", env="CHATROOM_HOST")
+    port: int = setting(
+        9527, "listen port (0: any free port, printed at start)", env="CHATROOM_PORT", convert=_number(int, 0, 65535)
+    )
+    redis_url: str | None = setting(
+        None, "e.g. redis://localhost:6379/0; none: an embedded fakeredis", env="REDIS_URL", convert=_redis_url
+    )
+    key_prefix: str = setting("chatroom:", "prefix of every Redis key and channel", env="CHATROOM_KEY_PREFIX")
+    lang: str = setting("en", "language of the texts: en, or zh (the original's)", env="CHATROOM_LANG",
+                        convert=_choice(*p.LANGUAGES))
+    #: Largest frame payload accepted or sent (the Go programs decode <= 4092).
+    max_frame: int = setting(
+        MAX_FRAME,
+        f"largest frame payload in bytes ({FRAME_FLOOR}..{FRAME_CEILING}; above {MAX_FRAME} the original Go "
+        "client cannot decode every frame)",
+        convert=_number(int, FRAME_FLOOR, FRAME_CEILING),
+        group=LIMITS,
+    )
+    #: Concurrent chat connections; sizes the Redis connection pool.
+    max_clients: int = setting(
+        4000, "concurrent connections, at least 1 (sizes the Redis pool)", convert=_number(int, 1, 1_000_000),
+        group=LIMITS,
+    )
+    #: A send blocked this long (a client that stopped reading) drops the client.
+    send_timeout: float = setting(
+        10.0, "seconds a send may block before the client is dropped (0: off)", convert=_number(float, 0),
+        group=LIMITS,
+    )
+    #: How long shutdown waits for the connections' threads, in all.
+    close_timeout: float = setting(5.0, "seconds shutdown waits for threads", flag=False,
+                                   convert=_number(float, 0))
+    #: Public messages kept for newcomers (0 = no history).
+    history: int = setting(
+        50, "public messages kept for newcomers (0: none)", convert=_number(int, 0, 10_000)
+    )
+    #: Seconds from connecting to the first whole frame (0 = no limit).  Long
+    #: enough for a person to type a name: both clients connect first.
+    login_timeout: float = setting(
+        300.0, "seconds from connecting to the first whole frame (0: off)", convert=_number(float, 0),
+        group=LIMITS,
+    )
+    #: Seconds from a frame's first byte to its last (0 = no limit).
+    frame_timeout: float = setting(
+        10.0, "seconds to finish a begun frame (0: off)", convert=_number(float, 0), group=LIMITS
+    )
+    #: Seconds of silence before a client that never took a name is dropped
+    #: (0 = never).  Named users are never dropped for silence: a reader is
+    #: a user too; TCP keepalive finds the ones whose host vanished.
+    idle_timeout: float = setting(
+        600.0, "seconds of silence before a connection without a nickname is dropped (0: off)",
+        convert=_number(float, 0), group=LIMITS,
+    )
+    #: Messages per second a client may send on average (0 = no limit) ...
+    rate_limit: float = setting(
+        10.0, "messages a second on average (0: off)", convert=_number(float, 0), metavar="MSGS_PER_S",
+        group=LIMITS,
+    )
+    #: ... and in one burst.  Past it messages are refused; a client that keeps
+    #: flooding (2 x burst refusals in a row) is disconnected.
+    rate_burst: int = setting(
+        20, "messages in one burst, at least 1", convert=_number(int, 1, 1_000_000), metavar="N", group=LIMITS
+    )
+    #: Concurrent connections from one IP address (0 = no limit).
+    max_per_ip: int = setting(
+        64, "concurrent connections from one address (0: off)", convert=_number(int, 0, 1_000_000),
+        group=LIMITS,
+    )
+    #: This process's name among the servers sharing one Redis; default "<host>-<port>",
+    #: so that a process restarted in the same place cleans up after its previous run.
+    server_id: str | None = setting(
+        None, "this process among several (default host-port)", env="CHATROOM_SERVER_ID", convert=_server_id
+    )
+    #: A server whose heartbeat is older than this is dead: a survivor removes its users.
+    dead_after: float = setting(
+        15.0, "seconds without a heartbeat after which a server is dead (at least 0.3)",
+        convert=_number(float, 0.3, 86400),
+    )
+    #: Seconds a busy pub/sub listener waits for more messages before it wakes (0 = never):
+    #: fewer thread wake-ups per delivery, for at most this much latency ...
+    listener_linger: float = setting(0.01, "seconds a busy listener lingers", flag=False,
+                                     convert=_number(float, 0, 1))
+    #: ... or longer in a big room: busy listeners together wake about this often a
+    #: second at most (the linger grows with the users connected), up to
+    #: MAX_LINGER.  0 = the fixed linger above.
+    wakeup_budget: float = setting(
+        5000.0,
+        "busy listeners wake about this often a second at most; they linger longer in bigger rooms "
+        "(0: a fixed 10 ms linger)",
+        convert=_number(float, 0),
+        metavar="PER_S",
+    )
+    #: The CPU the process runs on: "auto", "none" or a number (see :func:`pin_to_cpu`).
+    #: Applied by :func:`main` only: it is the whole process's, not one server's.
+    cpu: str = setting(
+        "auto", "run on this one CPU: auto (one chosen by the port), none (any) or a CPU number", env="CHATROOM_CPU",
+        convert=_cpu_spec,
+    )
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.default is None:
+                continue
+            try:
+                setattr(self, item.name, item.metadata["convert"](value))
+            except ValueError as exc:
+                raise ValueError(f"{item.name}: {exc}") from None
+
+
+def _flag_type(name: str, convert):
+    """An argparse ``type`` from a setting's converter: its ValueError becomes a usage error."""
+
+    def flag_type(value: str):
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    flag_type.__name__ = name
+    return flag_type
+
+
+def build_parser(environ=None) -> argparse.ArgumentParser:
+    """The command line, generated from :class:`Config`: a flag per setting.
+
+    A setting's environment variable, when set, replaces its default; it is
+    checked as the flag would be, and a bad one is a usage error naming it.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="chatroom-server", description="redis-chatroom server")
+    limits = parser.add_argument_group("limits (the help of each says what 0 means)")
+    bad_environment = []
+    for item in fields(Config):
+        meta = item.metadata
+        if not meta["flag"]:
+            continue
+        default = item.default
+        env = meta["env"]
+        help_text = meta["help"]
+        if item.default is not None:
+            help_text += f" [default: {item.default}]"
+        if env:
+            help_text += f" (env {env})"
+            if environ.get(env):
+                # Not shown in the help: REDIS_URL may hold a password.
+                try:
+                    default = meta["convert"](environ[env])
+                except ValueError as exc:  # each reason quotes the value (a URL masked)
+                    bad_environment.append(f"{env}: {exc}")
+        target = limits if meta["group"] == LIMITS else parser
+        target.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            default=default,
+            type=_flag_type(item.name.replace("_", "-"), meta["convert"]),
+            metavar=meta["metavar"],
+            help=help_text,
+        )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug")
+    if bad_environment:
+        parser.error("; ".join(bad_environment))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, environ=None) -> Config:
+    """Command-line flags (and environment variables) -> a checked :class:`Config`; usage errors exit 2."""
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = {item.name: getattr(args, item.name) for item in fields(Config) if item.metadata["flag"]}
+    try:
+        config = Config(**values)
+    except ValueError as exc:  # only a bad default could get here: the flags are checked already
+        parser.error(str(exc))
+    if config.max_frame > MAX_FRAME:
+        logger.warning(
+            "--max-frame %d: the original Go client cannot decode frames over %d bytes", config.max_frame, MAX_FRAME
+        )
+    return config

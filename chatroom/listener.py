@@ -1,0 +1,254 @@
+"""The pub/sub listener engine behind the Go ``broadCast`` and ``personalMessage``.
+
+Each chat connection has two listener threads, one per subscription, each on
+a pooled Redis connection of its own.  :meth:`ListenerEngine.forward` is what
+those threads run: it drains the subscription into the client's socket until
+the client leaves, and survives Redis restarts by subscribing again.
+
+Why it reads the connection itself: ``PubSub.listen()`` would silently
+reconnect and resubscribe after Redis dropped the connection, losing the
+messages in between.  Redis drops a subscriber whose output buffer passes
+``client-output-buffer-limit pubsub``; the user is told and disconnected
+instead of being left with gaps.  Redis's run id tells that case (same run
+id: only this subscriber was dropped) from a restart or an outage (a new run
+id, or none: keep the client, subscribe again once Redis is back).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis
+
+from chatroom import redisdb
+from chatroom.connection import Connection
+
+if TYPE_CHECKING:
+    from chatroom.cluster import RedisHealth
+    from chatroom.config import Config
+
+logger = logging.getLogger("chatroom.server")
+
+#: Most pub/sub messages a listener takes from its buffer per wake-up.
+DRAIN_LIMIT = 256
+#: The longest a busy listener lingers, however big the room: a delay people hardly notice.
+MAX_LINGER = 0.5
+#: Resubscribing while Redis is away: the first wait, doubled after each failed try up to the last.
+RESUBSCRIBE_FIRST_DELAY = 0.05
+RESUBSCRIBE_MAX_DELAY = 1.0
+
+
+def subscribe(rdb: redis.Redis, channel: str, timeout: float) -> redis.client.PubSub:
+    """Subscribe on a pooled connection of its own and wait for Redis to confirm.
+
+    Waiting makes sure that whatever is published after this returns (the
+    user's own join notice, replies) reaches the user.  Without a
+    confirmation the pub/sub is closed (its connection back in the pool) and
+    ConnectionError raised.
+    """
+    sub = rdb.pubsub()
+    try:
+        sub.subscribe(channel)
+        reply = sub.get_message(timeout=timeout)
+    except BaseException:
+        sub.close()
+        raise
+    if reply is None or reply["type"] != "subscribe":
+        sub.close()
+        raise redis.ConnectionError(f"no confirmation for SUBSCRIBE {channel}: {reply!r}")
+    return sub
+
+
+class ListenerEngine:
+    """Forwards subscriptions to sockets; one instance serves every listener of a server.
+
+    It is handed what it needs: the settings, the Redis health (run ids, the
+    outage bookkeeping), how many users are connected (the linger grows with
+    it) and the server's stop event.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        health: RedisHealth,
+        users_connected: Callable[[], int],
+        stopping,
+    ) -> None:
+        self.config = config
+        self.health = health
+        self.users_connected = users_connected
+        self.stopping = stopping
+
+    def forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
+        """Drain one subscription into the socket until unsubscribed or the client leaves."""
+        health = self.health
+        subscribed_under = health.run_id
+        while conn.alive:
+            try:
+                self._drain(conn, sub)
+                break
+            except (redis.RedisError, OSError) as exc:
+                if not conn.alive:
+                    break
+                run_id = health.current_run_id()
+                if run_id is not None and run_id == subscribed_under:
+                    # Redis is up and unchanged: it dropped this subscriber alone.
+                    logger.error("%r: %s subscription dropped by Redis (%s); dropping the client", conn, kind, exc)
+                    conn.reply_text("bus_lost")
+                    conn.shutdown_socket()
+                    break
+                # Redis is down or restarted: keep the client, subscribe again once it is back.
+                logger.warning("%r: %s subscription lost (%s); resubscribing", conn, kind, exc)
+                with health.resubscribing():
+                    if not self.resubscribe(conn, sub):
+                        break
+                    subscribed_under = health.current_run_id()
+        logger.debug("%r: %s listener ended", conn, kind)
+
+    def _drain(self, conn: Connection, sub: redis.client.PubSub) -> None:
+        """Forward messages until unsubscribed; raises when the pub/sub connection breaks.
+
+        With hiredis the listener reads its socket itself (:meth:`_drain_raw`);
+        otherwise (fakeredis, redis-py's pure-Python parser, internals that
+        moved) it drains through redis-py's public reads, below.
+
+        Once woken, the listener takes every message already buffered on its
+        pub/sub connection (``can_read(0)`` only says whether a reply has
+        started; the blocking read that follows waits for the rest of it, so
+        a partial reply is never mistaken for an error) and sends them
+        together: one wake-up and one send for many deliveries.
+        """
+        redis_conn = sub.connection
+        raw = redisdb.raw_pubsub_socket(redis_conn)
+        if raw is not None:
+            self._drain_raw(conn, sub, raw)
+            return
+        while sub.subscribed:
+            payloads = []
+            response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+            while True:
+                if response[0] == b"message":
+                    payloads.append(response[2])
+                else:  # (un)subscribe confirmations keep sub.subscribed true
+                    sub.handle_message(response)
+                if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
+                    break
+                response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
+            if payloads and not conn.send_payloads(payloads):
+                return
+
+    def _drain_raw(self, conn: Connection, sub: redis.client.PubSub, raw: redisdb.RawPubSubSocket) -> None:
+        """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
+
+        One blocking ``recv`` per wake-up takes every byte Redis has written
+        so far, and the C parser yields every whole reply in it: each wake-up
+        (one GIL hand-off) serves any number of messages, where redis-py's
+        reads cost a system call or two per message.  A reply cut short stays
+        in the same parser, the one redis-py used for the subscription (so
+        nothing it had buffered is lost either), until the next ``recv``
+        completes it.  The socket is made blocking: an idle room must not end
+        a listener (redis-py's default socket timeout is 5 s), and a blocking
+        ``recv`` is one system call where a timed one is two (poll, recv).
+
+        Fewer wake-ups: when two wake-ups come less than two lingers apart
+        (:meth:`linger_seconds`), the room is busy, and the listener lingers:
+        it sleeps one linger, letting messages gather in the socket, then
+        takes them all with one non-blocking ``recv``.  One wake-up then
+        carries every message of a linger instead of one each, and the
+        listeners of a room wake spread over the linger rather than all at
+        once per message.  A linger that gathered nothing makes the listener
+        block in ``recv`` again: an idle listener never wakes, sparse messages
+        (a quiet room) go out at once, and only a busy room pays up to one
+        linger of latency.
+        """
+        sock = raw.sock
+        sock.settimeout(None)
+        buffer = raw.buffer
+        recv_into = sock.recv_into
+        gets = raw.gets
+        feed = raw.feed
+        not_enough_data = raw.not_enough_data
+        buffer_size = len(buffer)
+        linger_seconds = self.linger_seconds
+        lingering = 0.0  # seconds to gather messages before the next read; 0: block until one comes
+        sleep = time.sleep
+        monotonic = time.monotonic
+        last_wake = 0.0
+        received = 0
+        while sub.subscribed:
+            payloads = []
+            while len(payloads) < DRAIN_LIMIT:
+                response = gets()
+                if response is not_enough_data:
+                    break
+                if isinstance(response, Exception):  # an error reply
+                    raise response
+                if response[0] == b"message":
+                    payloads.append(response[2])
+                else:  # (un)subscribe confirmations: the last unsubscribe ends the loop
+                    sub.handle_message(response)
+            if payloads:
+                if not conn.send_payloads(payloads):
+                    return
+                if len(payloads) >= DRAIN_LIMIT:
+                    continue  # more whole replies may be parsed already
+            if not sub.subscribed:
+                return
+            if lingering:
+                # Busy: let messages gather for one linger (unless the last read
+                # left more behind), then take them without blocking; nothing
+                # came meanwhile: idle again.
+                if received < buffer_size:
+                    sleep(lingering)
+                try:
+                    received = recv_into(buffer, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    lingering = 0.0
+                    continue
+            else:
+                received = recv_into(buffer)
+            if not received:
+                raise redis.ConnectionError("Redis closed the pub/sub connection")
+            feed(buffer, 0, received)
+            now = monotonic()
+            seconds = linger_seconds()  # the room's size sets it
+            if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
+                lingering = seconds
+            last_wake = now
+
+    def linger_seconds(self) -> float:
+        """How long a busy listener lingers now (0: never).
+
+        In a room of N users a message wakes N listeners: past
+        ``wakeup_budget`` wake-ups a second the process spends its time
+        switching threads.  So the linger grows with the users connected
+        (N / budget, in 10 ms steps, so that a listener seldom has to set it
+        again), and one wake-up carries the messages of a longer stretch.
+        """
+        config = self.config
+        if config.listener_linger <= 0:
+            return 0.0
+        if config.wakeup_budget <= 0:
+            return config.listener_linger
+        grown = round(self.users_connected() / config.wakeup_budget, 2)
+        return min(MAX_LINGER, max(config.listener_linger, grown))
+
+    def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
+        """Reconnect a subscription, with backoff, while its client stays; False if it left."""
+        delay = RESUBSCRIBE_FIRST_DELAY
+        while conn.alive and not self.stopping.is_set():
+            try:
+                sub.connection.disconnect()
+                sub.connection.connect()  # redis-py's on_connect callback subscribes again
+                confirmation = sub.connection.read_response(timeout=self.config.close_timeout, push_request=True)
+                sub.handle_message(confirmation)
+                return True
+            except (redis.RedisError, OSError) as exc:
+                logger.debug("%r: Redis still unreachable: %s", conn, exc)
+                conn.gone.wait(delay)
+                delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY)
+        return False

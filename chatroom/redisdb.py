@@ -1,0 +1,451 @@
+"""The Redis adapter: connecting, key names, the Lua scripts and the functions that call them.
+
+It is the only module that touches redis-py's internals (the pub/sub
+connection's socket, its read buffer and its hiredis reader, read by
+:func:`raw_pubsub_socket` for the listeners' fast drain, and the pool's
+``can_read`` check).  :func:`check_internals` verifies at start that they are
+where this code expects them; when they are not, the listeners use redis-py's
+public read path, with one warning, instead of failing.  The redis-py range
+this was written and tested for is pinned in setup.cfg.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+import redis
+
+import protocol as p
+
+if TYPE_CHECKING:
+    from chatroom.config import Config
+
+logger = logging.getLogger("chatroom.server")
+
+#: What to say when the project's packages are not installed in this Python.
+MISSING_PACKAGES = (
+    "redis-chatroom's packages are not installed in this Python ({name} is missing): "
+    "run `make run`, or `pip install .` first"
+)
+
+#: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
+#: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's memory;
+#: 16 KiB still holds ~200 chat messages per read.
+PUBSUB_READ_SIZE = 16384
+#: Redis connections per chat user: two pub/sub connections, and a command
+#: connection for its reader at most ...
+POOL_PER_CLIENT = 3
+#: ... plus these for the heartbeat, the notifier and shutdown.
+POOL_SPARE = 16
+#: Seconds to wait for Redis to accept a new connection.
+CONNECT_TIMEOUT = 5
+#: TCP keepalive of Redis connections (idle, interval, count): a listener
+#: blocked without a timeout learns within about a minute that Redis vanished
+#: without a FIN (a partition, a dead host), and resubscribes.
+REDIS_KEEPALIVE = (30, 10, 3)
+
+
+class Keys:
+    """Redis key and channel names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.users_name = prefix + "usersName"
+        self.users_by_name = prefix + "usersByName"
+        self.users_online = prefix + "usersOnline"
+        self.activity_ranking = prefix + "activityRanking"
+        self.next_user_id = prefix + "nextUserId"
+        self.history = prefix + "history"
+        self.servers = prefix + "servers"
+        self.broadcast = prefix + p.BROADCAST
+        self._personal = prefix + "user:"
+        self._prefix = prefix
+
+    def server_alive(self, server_id: str) -> str:
+        """The heartbeat key of one server process (it expires when the process dies)."""
+        return f"{self._prefix}server:{server_id}"
+
+    def server_users(self, server_id: str) -> str:
+        """The set of user ids served by one server process."""
+        return f"{self._prefix}serverUsers:{server_id}"
+
+    def personal(self, user_id: str) -> str:
+        """The personal channel of one user."""
+        return self._personal + user_id
+
+
+# --- connecting ------------------------------------------------------------------
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with its password replaced by ``***``: for every log line and error."""
+    if not url:
+        return str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    credentials, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = credentials.partition(":")
+    # "user:password@" keeps the user; a lone "x@" may be a password (AUTH with one argument).
+    return f"{scheme}://{user + ':***' if colon else '***'}@{location}"
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError, with the URL masked, unless redis-py can use ``url``."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"not a Redis URL (redis://host:port/db, rediss://..., unix://...): {mask_url(url)!r}")
+    try:
+        redis.ConnectionPool.from_url(url)
+    except ValueError as exc:
+        raise ValueError(f"not a valid Redis URL ({exc}): {mask_url(url)!r}") from None
+
+
+def describe_redis_error(exc: redis.RedisError) -> str:
+    """One line for an operator: what Redis refused, and what to do about it."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return f"it is a read only replica; give the master's address ({exc})"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return f"it is out of memory (maxmemory, with a policy that evicts nothing); free some or raise it ({exc})"
+    return str(exc)
+
+
+def outcome_unknown(exc: redis.RedisError) -> bool:
+    """True when a command may have run although it failed: sent, then no answer in time.
+
+    A timeout while connecting is a plain failure: nothing was sent.
+    """
+    return isinstance(exc, redis.TimeoutError) and not str(exc).startswith("Timeout connecting")
+
+
+def _no_driver_info() -> dict:
+    """Keyword arguments that turn CLIENT SETINFO off (redis-py >= 8 spells it ``driver_info``)."""
+    connection = getattr(redis.connection, "AbstractConnection", redis.Connection)
+    if "driver_info" in inspect.signature(connection.__init__).parameters:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
+class _PooledConnection(redis.Connection):
+    """A Redis connection whose pool check costs no system call.
+
+    redis-py's pool asks ``can_read(0)`` of every connection it hands out, to
+    catch one returned with a reply unread: a ``poll()``, which releases the
+    GIL and, in a busy room, waits to take it back behind every woken
+    listener, on each command.  Our connections are only ever returned with
+    their replies read (redis-py disconnects one whose read failed), so with
+    hiredis the check looks at the parser's buffer only.
+    """
+
+    def can_read(self, timeout: float = 0) -> bool:
+        reader = getattr(self._parser, "_reader", None) if _fast_paths else None
+        if timeout == 0 and reader is not None:
+            return bool(reader.has_data())
+        return super().can_read(timeout)
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
+
+    Every chat user holds two pub/sub connections and its reader may run a
+    command, so the pool is sized for that rather than redis-py's default.
+    Raises SystemExit with one line when Redis cannot be reached.
+    """
+    pool_size = POOL_PER_CLIENT * config.max_clients + POOL_SPARE
+    if not config.redis_url:
+        try:
+            import fakeredis
+        except ImportError:
+            raise SystemExit(MISSING_PACKAGES.format(name="fakeredis")) from None
+
+        logger.warning("no Redis URL given: using an embedded in-process fakeredis (one process only)")
+        pool = redis.ConnectionPool(
+            connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(), max_connections=pool_size
+        )
+        return redis.Redis(connection_pool=pool)
+    idle, interval, count = REDIS_KEEPALIVE
+    client = redis.Redis.from_url(
+        config.redis_url,
+        max_connections=pool_size,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        connection_class=_PooledConnection,
+        # RESP2: redis-py 8 speaks RESP3 by default, which costs every new
+        # connection (two per login) a HELLO round trip; nothing here needs RESP3.
+        protocol=2,
+        socket_keepalive=True,
+        socket_keepalive_options={socket.TCP_KEEPIDLE: idle, socket.TCP_KEEPINTVL: interval, socket.TCP_KEEPCNT: count},
+        # Each connection's read buffer is allocated (and touched) up front.
+        socket_read_size=PUBSUB_READ_SIZE,
+        # No CLIENT SETINFO: it costs every new connection (two per login)
+        # two round trips, and redis-py looks its own version up on disk for
+        # each connection while holding the pool's lock.
+        **_no_driver_info(),
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
+    logger.info("using Redis at %s", mask_url(config.redis_url))
+    return client
+
+
+def current_run_id(rdb: redis.Redis) -> str | None:
+    """Redis's run id (it changes when Redis restarts), or None if unreachable."""
+    try:
+        return str(rdb.info("server").get("run_id", ""))
+    except (redis.RedisError, OSError):
+        return None
+
+
+# --- redis-py's internals: the listeners' fast drain ------------------------------
+
+
+class RawPubSubSocket(NamedTuple):
+    """What the listeners' fast drain reads a pub/sub connection with."""
+
+    sock: socket.socket
+    #: redis-py's own read buffer for the connection: nothing it had read is lost.
+    buffer: bytearray
+    #: The connection's hiredis reader: ``feed(buffer, 0, n)``, then ``gets()`` per reply.
+    feed: Callable
+    gets: Callable
+    #: What ``gets()`` returns while a reply is incomplete.
+    not_enough_data: object
+
+
+#: False once :func:`check_internals` found redis-py's internals elsewhere than expected.
+_fast_paths = True
+
+#: The attributes of a connected redis-py connection that the fast paths read.
+REQUIRED_INTERNALS = ("_sock", "_parser", "_parser._reader", "_parser._buffer")
+
+
+def raw_pubsub_socket(redis_conn) -> RawPubSubSocket | None:
+    """The socket, buffer and hiredis reader of a connected pub/sub connection, or None.
+
+    None (then: redis-py's public read path) for fakeredis, redis-py's pure
+    Python parser, or internals that :func:`check_internals` did not find.
+    """
+    if not _fast_paths:
+        return None
+    parser = getattr(redis_conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if type(parser).__name__ != "_HiredisParser" or reader is None:
+        return None
+    sock = getattr(redis_conn, "_sock", None)
+    buffer = getattr(parser, "_buffer", None)
+    # TLS (rediss://) decrypts in Python: recv_into with flags is not allowed on it.
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket) or not isinstance(buffer, bytearray):
+        return None
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA
+
+    return RawPubSubSocket(sock, buffer, reader.feed, reader.gets, NOT_ENOUGH_DATA)
+
+
+def _has_path(obj, dotted: str) -> bool:
+    for name in dotted.split("."):
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
+
+
+def check_internals(rdb: redis.Redis) -> bool:
+    """Check, on one real connection, that redis-py keeps what the fast paths read.
+
+    Where it does not (another redis-py than the pinned one), turn the fast
+    paths off for the whole process, with one warning: the listeners then
+    read through redis-py's public API, slower but correct.  Returns whether
+    the fast paths are on.  fakeredis and the pure-Python parser need no check.
+    """
+    global _fast_paths
+    pool = rdb.connection_pool
+    if not issubclass(pool.connection_class, redis.Connection):
+        return _fast_paths  # fakeredis, a unix socket, TLS: their own classes
+    try:
+        connection = pool.get_connection()
+    except (redis.RedisError, OSError):
+        return _fast_paths  # unreachable: the caller reports that
+    try:
+        if type(getattr(connection, "_parser", None)).__name__ != "_HiredisParser":
+            return _fast_paths  # no hiredis: the generic path anyway
+        missing = [path for path in REQUIRED_INTERNALS if not _has_path(connection, path)]
+        try:
+            from redis._parsers.hiredis import NOT_ENOUGH_DATA  # noqa: F401
+        except ImportError:
+            missing.append("redis._parsers.hiredis.NOT_ENOUGH_DATA")
+    finally:
+        pool.release(connection)
+    if missing and _fast_paths:
+        logger.warning(
+            "redis-py %s keeps its internals elsewhere than this server expects (%s missing): "
+            "pub/sub listeners use redis-py's public read path, which is slower",
+            redis.__version__,
+            ", ".join(missing),
+        )
+        _fast_paths = False
+    return _fast_paths
+
+
+# --- users and names: the Lua scripts beside their callers -------------------------
+
+#: A new user: KEYS nextUserId, usersOnline, usersName, activityRanking,
+#: serverUsers:<sid>; ARGV the guest prefix.  Takes the next id no live user
+#: holds, registers it as a guest; returns the id.
+_ADD_USER = """
+local id
+repeat
+  id = redis.call('INCR', KEYS[1])
+until redis.call('HSETNX', KEYS[2], id, 'online') == 1
+redis.call('HSET', KEYS[3], id, ARGV[1] .. id)
+redis.call('ZADD', KEYS[4], 0, id)
+redis.call('SADD', KEYS[5], id)
+return id
+"""
+
+
+def add_user(rdb: redis.Redis, keys: Keys, server_id: str) -> str:
+    """Register a new guest in one round trip; returns its id.
+
+    The id is claimed, not assumed: if Redis lost the counter, a live user may
+    hold an id until its server has registered it again, so the script takes
+    the next free one.
+    """
+    user_id = rdb.eval(
+        _ADD_USER,
+        5,
+        keys.next_user_id,
+        keys.users_online,
+        keys.users_name,
+        keys.activity_ranking,
+        keys.server_users(server_id),
+        p.GUEST_PREFIX,
+    )
+    return str(user_id)
+
+
+#: A rename: KEYS usersByName, usersName; ARGV new name_key, user id, new name,
+#: old name_key ("" for none).  Claims the new name unless another user holds
+#: it (then returns 0), records it, frees the old one if this user still holds it.
+_RENAME = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[4] ~= '' and ARGV[4] ~= ARGV[1] and redis.call('HGET', KEYS[1], ARGV[4]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+
+def claim_name(rdb: redis.Redis, keys: Keys, user_id: str, name: str, release: str = "") -> bool:
+    """Take ``name`` for ``user_id`` and record it, unless another user holds it; True: taken.
+
+    One atomic round trip, which also frees the name with the ``name_key``
+    ``release`` if this user still holds it.  Guest names are never claimed
+    (the id is in the name): there is nothing to release.
+    """
+    if p.guest_id(release) is not None:
+        release = ""
+    return bool(rdb.eval(_RENAME, 2, keys.users_by_name, keys.users_name, p.name_key(name), user_id, name, release))
+
+
+#: Compare and delete, for each (name_key, user id) pair in ARGV: the name is
+#: freed only if that user still holds it.
+_RELEASE_NAMES = """
+local freed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    freed = freed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return freed
+"""
+
+
+def release_names(pipe, keys: Keys, holders: dict[str, str]) -> None:
+    """Queue on ``pipe`` the freeing of each name (``name_key`` -> user id) that user still holds.
+
+    Compare and delete: an unconditional delete could free a name another
+    process gave to someone else meanwhile, e.g. after this process was
+    taken for dead.  A script, so that the comparison and the delete are
+    one atomic step inside the caller's round trip.  (WATCH + MULTI took
+    three, and when a thousand users left at once every delete aborted
+    every other transaction, which then started over.)
+    """
+    args = [value for key, user_id in holders.items() if p.guest_id(key) is None for value in (key, user_id)]
+    if args:
+        pipe.eval(_RELEASE_NAMES, 1, keys.users_by_name, *args)
+
+
+class Departure(NamedTuple):
+    """A user to remove from Redis: who, under which name, and the notice of its leaving."""
+
+    user_id: str
+    name: str
+    notice: bytes | None  # published on the broadcast channel; None: leave quietly
+
+
+def queue_removal(pipe, keys: Keys, server_id: str, departures: Iterable[Departure]) -> None:
+    """Queue on ``pipe`` the removal of users from presence, names, ranking and their server."""
+    departures = list(departures)
+    if not departures:
+        return
+    release_names(pipe, keys, {p.name_key(d.name): d.user_id for d in departures})
+    ids = [d.user_id for d in departures]
+    pipe.hdel(keys.users_name, *ids)
+    pipe.hdel(keys.users_online, *ids)
+    pipe.zrem(keys.activity_ranking, *ids)
+    pipe.srem(keys.server_users(server_id), *ids)
+    for departure in departures:
+        if departure.notice is not None:
+            pipe.publish(keys.broadcast, departure.notice)
+
+
+# --- the reader's writes -------------------------------------------------------------
+
+
+class Batch:
+    """The Redis writes of the messages a reader has handled, sent in one round trip.
+
+    One MULTI/EXEC: all of them take effect or none does.  Redis refuses the
+    whole transaction when it refuses any command in it (out of memory, a
+    read-only replica), so a sender told that a message was not sent knows
+    that nobody got it, and a message that reached anyone is never reported
+    as failed.  Replies that confirm a delivery (a private message's echo)
+    wait in :attr:`confirmations` until the round trip succeeded.
+    """
+
+    def __init__(self, rdb: redis.Redis) -> None:
+        self.pipe = rdb.pipeline(transaction=True)
+        #: Chat and private messages whose fate is this round trip's.
+        self.messages = 0
+        #: Payloads to send the sender once the writes are done.
+        self.confirmations: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.pipe)
+
+    def message(self, confirmation: str | None = None) -> None:
+        """Count one queued message; ``confirmation`` is sent to its sender once it is delivered."""
+        self.messages += 1
+        if confirmation is not None:
+            self.confirmations.append(confirmation)
+
+    def reset(self) -> None:
+        """Forget everything queued.
+
+        redis-py resets its pipeline itself only once it has a connection: a
+        failure to connect left the commands queued, to be sent with the next
+        message.
+        """
+        self.pipe.reset()
+        self.messages = 0
+        self.confirmations.clear()
