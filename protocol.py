@@ -37,6 +37,16 @@ WHO = "who"  # individual:<me>:who: -> the names online, to the asker
 PRIVATE_IN = "private"  # individual:<sender>:private:<text>, to the target
 PRIVATE_SENT = "privateSent"  # individual:<target>:privateSent:<text>, the sender's echo
 HISTORY = "history"  # history:<unix seconds>:<sender>:<text>, after the first nickname
+# Rooms beside the lobby (channel1, which every user is in and nobody leaves).
+JOIN = "join"  # channel:<room>:join: -> individual:<me>:join1:<room> or join0:<reason>
+JOIN_OK = "join1"
+JOIN_REFUSED = "join0"
+PART = "part"  # channel:<room>:part: -> individual:<me>:part1:<room> or part0:<reason>
+PART_OK = "part1"
+PART_REFUSED = "part0"
+ROOMS = "rooms"  # individual:<me>:rooms: -> the rooms and their member counts, to the asker
+#: roomHistory:<room>:<unix seconds>:<sender>:<text>, to a joiner (the lobby's stays history:...).
+ROOM_HISTORY = "roomHistory"
 
 
 class Message(NamedTuple):
@@ -120,6 +130,21 @@ def name_problem(name: str) -> str | None:
     if key in RESERVED_NAMES or key.startswith(GUEST_PREFIX):
         return "name_reserved"
     return None
+
+
+# --- rooms -------------------------------------------------------------------
+
+
+def room_problem(name: str) -> str | None:
+    """Return the text key saying why ``name`` cannot name a room, or None if it can.
+
+    The nickname rules apply (a room and a nick never collide in the
+    protocol, but both are shown the same way), except that ``channel1`` is
+    the lobby itself; a ``guest-<n>`` name looks like a user, and is refused.
+    """
+    if name_key(name) == BROADCAST:
+        return None
+    return name_problem(name)
 
 
 # --- chat text ---------------------------------------------------------------
@@ -232,6 +257,26 @@ TEXTS: dict[str, dict[str, str]] = {
     "name_colon": {"zh": "名字不能包含':'", "en": "The name must not contain ':'"},
     "name_control": {"zh": "名字不能包含控制字符", "en": "The name must not contain control characters"},
     "name_reserved": {"zh": "该名字为系统保留", "en": "That name is reserved"},
+    "room_joined": {"zh": "用户 < {name} > 加入了房间", "en": "User < {name} > joined the room"},
+    "room_left": {"zh": "用户 < {name} > 离开了房间", "en": "User < {name} > left the room"},
+    "room_limit_user": {
+        "zh": "你已加入{limit}个房间,请先退出一个",
+        "en": "You are in {limit} rooms already: part one first",
+    },
+    "room_limit_total": {
+        "zh": "房间数已达上限({limit}个),请加入已有的房间",
+        "en": "There are {limit} rooms already: join one of them",
+    },
+    "room_lobby_part": {"zh": "大厅 channel1 不能退出", "en": "The lobby channel1 cannot be left"},
+    "room_not_member": {"zh": "你不在房间 < {room} > 中", "en": "You are not in the room < {room} >"},
+    "room_chat_not_member": {
+        "zh": "你不在房间 < {room} > 中,请先加入 (/join {room})",
+        "en": "You are not in the room < {room} >: join it first (/join {room})",
+    },
+    "no_such_room": {"zh": "房间 < {room} > 不存在", "en": "There is no room < {room} >"},
+    "room_who": {"zh": "房间 {room} 的用户({count}): {names}", "en": "In {room} ({count}): {names}"},
+    "room_count": {"zh": "房间 {room} 的人数为{count}人", "en": "Users in {room}: {count}"},
+    "rooms_list": {"zh": "房间({count}): {rooms}", "en": "Rooms ({count}): {rooms}"},
     # Client texts.
     "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
     "connect_failed": {"zh": "服务器连接失败 err = {error}", "en": "Could not connect to the server: {error}"},

@@ -73,6 +73,7 @@ from chatroom.connection import (
 from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
 from chatroom.redisdb import Batch, Departure, Keys
+from chatroom.rooms import Rooms
 from framing import FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
 __all__ = ["ChatServer", "Config", "main", "parse_args"]
@@ -126,7 +127,8 @@ class ChatServer:
             self.rdb, self.keys, config, self.health, self._local_connections, self._shutting_down
         )
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
-        self.history = History(self.rdb, self.keys.history, config.history)
+        self.history = History(self.rdb, config.history)
+        self.rooms = Rooms(self.rdb, self.keys, config, self.listeners, self.history)
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
@@ -621,7 +623,7 @@ class ChatServer:
                         # History first: the join goes out with this message's
                         # other writes, in one round trip.  A guest who chatted
                         # before ./cd2 has seen the room live: no history.
-                        self.history.send(conn)
+                        self.history.send(conn, keys.history)
                     joined = self.text("joined", name=self.get_users_name(conn))
                     batch.pipe.publish(keys.broadcast, system_payload(p.CHANNEL, p.BROADCAST, joined))
             elif result == Rename.REFUSED:
@@ -655,17 +657,30 @@ class ChatServer:
                     conn.reply_too_long()
         elif mark == p.WHO:
             conn.reply_system(self.who_text())
+        elif mark == p.ROOMS:
+            conn.reply_system(self.rooms.list_text(self.get_online_users()))
         else:
             logger.info("%r: unknown individual mark %r", conn, mark)
             conn.reply_text("bad_format")
         return None
 
     def handle_channel_commands(self, conn, target: str, mark: str, message: str, batch: Batch) -> object:
-        """Chat, the online count, the ranking, quit."""
-        if mark == p.ONLINE_LIST:
+        """Chat, the online count, the ranking, quit; and in rooms beside the lobby: join, part, who."""
+        # The lobby is channel1 (or no target at all); any other target is a room.
+        lobby = target == "" or p.name_key(target) == p.BROADCAST
+        if mark == p.ONLINE_LIST and lobby:
             # Original: broadcast to everyone; the asker alone asked.
             online = self.text("online_count", count=self.get_online_users())
             conn.reply(p.join_message(p.CHANNEL, p.BROADCAST, self.get_users_name(conn), online))
+        elif mark == p.ONLINE_LIST:
+            room, count = self.rooms.count(target)
+            conn.reply(p.join_message(p.CHANNEL, room, conn.name, self.text("room_count", room=room, count=count)))
+        elif mark == p.JOIN:
+            self.rooms.join(conn, target)
+        elif mark == p.PART:
+            self.rooms.part(conn, target)
+        elif mark == p.WHO:
+            conn.reply_system(self.who_text() if lobby else self.rooms.who_text(target))
         elif mark == p.QUIT:
             logger.info("%r: quits", conn)
             return USER_QUITS
@@ -685,9 +700,13 @@ class ChatServer:
                 # Original: forwarded anything, so "ok\n[21:13] < bob > ..."
                 # printed a line that looked like bob speaking.
                 conn.reply_text(problem)
+            elif not lobby:
+                if self.rooms.chat(conn, target, message, batch):
+                    self.update_activity(conn, batch)
+                    batch.message()
             elif conn.fits(payload):
                 batch.pipe.publish(self.keys.broadcast, payload)
-                self.history.add(conn, message, batch)
+                self.history.add(conn, message, batch, self.keys.history)
                 self.update_activity(conn, batch)
                 batch.message()  # its echo is the broadcast itself
             else:
@@ -712,6 +731,8 @@ class ChatServer:
                 for conn in leaving
             ]
             redisdb.queue_removal(pipe, self.keys, self.server_id, departures)
+            for conn in leaving:
+                self.rooms.queue_leave_all(pipe, conn)
             pipe.execute()
             for conn in leaving:
                 conn.advance(State.GONE)

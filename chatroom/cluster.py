@@ -23,7 +23,7 @@ from collections.abc import Callable
 import redis
 
 import protocol as p
-from chatroom import redisdb
+from chatroom import redisdb, rooms
 from chatroom.connection import Connection, State, system_payload
 from chatroom.redisdb import Departure, Keys
 
@@ -273,6 +273,7 @@ class Membership:
         pipe.hset(keys.users_name, conn.id, conn.name)
         pipe.zadd(keys.activity_ranking, {conn.id: conn.activity}, gt=True)
         pipe.sadd(keys.server_users(self.server_id), conn.id)
+        rooms.queue_register_again(pipe, keys, conn)
         pipe.execute()
 
     def reap_dead_servers(self) -> None:
@@ -320,6 +321,8 @@ class Membership:
         pipe = self.rdb.pipeline()
         departure = Departure(user_id, name or "", self.left_notice(name) if name is not None else None)
         redisdb.queue_removal(pipe, self.keys, server_id, [departure])
+        config = self.config
+        rooms.queue_leave_all(pipe, self.keys, user_id, name or user_id, config.lang, int(config.room_history_ttl))
         pipe.execute()
         logger.info("removed user %s (%s) of server %s", user_id, name, server_id)
 

@@ -145,6 +145,20 @@ class Config:
     history: int = setting(
         50, "public messages kept for newcomers (0: none)", convert=_number(int, 0, 10_000)
     )
+    #: Rooms beside the lobby (see chatroom/rooms.py); both limits hold across every process.
+    max_rooms_per_user: int = setting(
+        20, "rooms one user may be in, the lobby aside (at least 1)", convert=_number(int, 1, 100_000),
+        group=LIMITS,
+    )
+    max_rooms: int = setting(
+        10_000, "rooms existing at once, across every server process (at least 1)",
+        convert=_number(int, 1, 10_000_000), group=LIMITS,
+    )
+    #: An empty room's history stays this long, so that people who come back find the conversation.
+    room_history_ttl: float = setting(
+        86400.0, "seconds an empty room's history is kept for the next joiner (0: deleted with the room)",
+        convert=_number(float, 0),
+    )
     #: Seconds from connecting to the first whole frame (0 = no limit).  Long
     #: enough for a person to type a name: both clients connect first.
     login_timeout: float = setting(

@@ -130,6 +130,14 @@ class Connection:
         self.personal_thread: threading.Thread | None = None
         self.broadcast_sub: redis.client.PubSub | None = None
         self.personal_sub: redis.client.PubSub | None = None
+        #: The rooms the user is in beside the lobby: folded name -> name as shown.
+        #: Only its reader changes it (join, part), so it needs no lock.
+        self.rooms: dict[str, str] = {}
+        #: Held while the subscriptions of the broadcast pub/sub change: by the
+        #: reader (a join, a part) and by the listener (a confirmation, a resubscribe).
+        self.sub_lock = threading.Lock()
+        #: Channels whose (un)subscription the reader awaits -> set by the listener on Redis's confirmation.
+        self.awaited: dict[bytes, threading.Event] = {}
 
     def __repr__(self) -> str:
         return f"<Connection {self.id or '?'} {self.name!r} {self.address[0]}:{self.address[1]}>"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -83,6 +84,55 @@ class ListenerEngine:
         self.users_connected = users_connected
         self.stopping = stopping
 
+    def change_subscription(
+        self, conn: Connection, sub: redis.client.PubSub, command: str, channel: str, confirmations=()
+    ) -> bool:
+        """SUBSCRIBE or UNSUBSCRIBE ``channel`` on a listener's connection, from the reader; True once confirmed.
+
+        The hand-over: the reader sends the command (under ``conn.sub_lock``,
+        which also keeps redis-py's record of the channels, used to subscribe
+        again after an outage, consistent) and waits on an event in
+        ``conn.awaited``.  Redis's confirmation arrives on the pub/sub
+        connection, which only the listener reads: the listener first sends
+        the client every message it read before the confirmation, then the
+        ``confirmations`` payloads (join1: so that it comes before the first
+        message of the room, which may follow at once), then sets the event
+        (:meth:`_confirmed`).  So once this returns True after an UNSUBSCRIBE,
+        nothing of that channel can reach the client any more; after a
+        SUBSCRIBE, everything published from then on will.  False: no
+        confirmation within ``close_timeout``, and ``confirmations`` will not
+        be sent (the listener sends them only while the reader still waits).
+        """
+        event = threading.Event()
+        name = channel.encode()
+        with conn.sub_lock:
+            conn.awaited[name] = (event, list(confirmations))
+            try:
+                if command == "subscribe":
+                    sub.subscribe(channel)
+                else:
+                    sub.unsubscribe(channel)
+            except (redis.RedisError, OSError) as exc:
+                logger.error("%r: %s %s failed: %s", conn, command, channel, exc)
+                del conn.awaited[name]
+                return False
+        confirmed = event.wait(self.config.close_timeout)
+        with conn.sub_lock:
+            conn.awaited.pop(name, None)
+        return confirmed
+
+    @staticmethod
+    def _confirmed(conn: Connection, sub: redis.client.PubSub, response) -> None:
+        """Record a (un)subscribe confirmation and wake the reader awaiting it (see :meth:`change_subscription`)."""
+        with conn.sub_lock:
+            sub.handle_message(response)
+            awaited = conn.awaited.pop(response[1], None) if len(response) > 1 else None
+            if awaited is not None:
+                event, confirmations = awaited
+                if confirmations:
+                    conn.send_payloads(confirmations)
+                event.set()
+
     def forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
         """Drain one subscription into the socket until unsubscribed or the client leaves."""
         health = self.health
@@ -133,8 +183,11 @@ class ListenerEngine:
             while True:
                 if response[0] == b"message":
                     payloads.append(response[2])
-                else:  # (un)subscribe confirmations keep sub.subscribed true
-                    sub.handle_message(response)
+                else:  # a confirmation: what came before it goes first
+                    if payloads and not conn.send_payloads(payloads):
+                        return
+                    payloads = []
+                    self._confirmed(conn, sub, response)
                 if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
                     break
                 response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
@@ -189,8 +242,11 @@ class ListenerEngine:
                     raise response
                 if response[0] == b"message":
                     payloads.append(response[2])
-                else:  # (un)subscribe confirmations: the last unsubscribe ends the loop
-                    sub.handle_message(response)
+                else:  # a confirmation (the last unsubscribe ends the loop): what came before it goes first
+                    if payloads and not conn.send_payloads(payloads):
+                        return
+                    payloads = []
+                    self._confirmed(conn, sub, response)
             if payloads:
                 if not conn.send_payloads(payloads):
                     return
@@ -242,10 +298,12 @@ class ListenerEngine:
         delay = RESUBSCRIBE_FIRST_DELAY
         while conn.alive and not self.stopping.is_set():
             try:
-                sub.connection.disconnect()
-                sub.connection.connect()  # redis-py's on_connect callback subscribes again
+                with conn.sub_lock:  # the channels it subscribes to again must not change meanwhile
+                    sub.connection.disconnect()
+                    sub.connection.connect()  # redis-py's on_connect callback subscribes again
+                # One confirmation per channel; the rest are read by the drain.
                 confirmation = sub.connection.read_response(timeout=self.config.close_timeout, push_request=True)
-                sub.handle_message(confirmation)
+                self._confirmed(conn, sub, confirmation)
                 return True
             except (redis.RedisError, OSError) as exc:
                 logger.debug("%r: Redis still unreachable: %s", conn, exc)

@@ -62,20 +62,39 @@ class Keys:
         self.history = prefix + "history"
         self.servers = prefix + "servers"
         self.broadcast = prefix + p.BROADCAST
+        self.rooms = prefix + "rooms"
         self._personal = prefix + "user:"
-        self._prefix = prefix
+        self.prefix = prefix
 
     def server_alive(self, server_id: str) -> str:
         """The heartbeat key of one server process (it expires when the process dies)."""
-        return f"{self._prefix}server:{server_id}"
+        return f"{self.prefix}server:{server_id}"
 
     def server_users(self, server_id: str) -> str:
         """The set of user ids served by one server process."""
-        return f"{self._prefix}serverUsers:{server_id}"
+        return f"{self.prefix}serverUsers:{server_id}"
 
     def personal(self, user_id: str) -> str:
         """The personal channel of one user."""
         return self._personal + user_id
+
+    # Rooms: the room scripts build these same names from the prefix (see chatroom/rooms.py).
+
+    def room_channel(self, room_key: str) -> str:
+        """The pub/sub channel of one room (``room_key``: its folded name)."""
+        return f"{self.prefix}room:{room_key}"
+
+    def room_members(self, room_key: str) -> str:
+        """The set of user ids in one room."""
+        return f"{self.prefix}roomMembers:{room_key}"
+
+    def room_history(self, room_key: str) -> str:
+        """The public messages kept for one room, newest first."""
+        return f"{self.prefix}roomHistory:{room_key}"
+
+    def user_rooms(self, user_id: str) -> str:
+        """The set of rooms (folded names) one user is in, the lobby aside."""
+        return f"{self.prefix}userRooms:{user_id}"
 
 
 # --- connecting ------------------------------------------------------------------

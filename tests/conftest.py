@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,6 +52,14 @@ def threads_back_to(baseline: set[threading.Thread], timeout: float = 10.0) -> l
         except RuntimeError:  # not started yet: reported as alive below
             pass
     return [t for t in set(threading.enumerate()) - baseline if t.is_alive()]
+
+
+def redis_connections_held(redis_kind, redis_client):
+    """Pooled connections checked out, and (on real Redis) subscribed connections."""
+    in_use = len(redis_client.connection_pool._in_use_connections)
+    if redis_kind == "real":
+        return in_use, sum(1 for c in redis_client.client_list() if int(c["sub"]) > 0)
+    return in_use, None
 
 
 @pytest.fixture(scope="session")
@@ -178,3 +188,60 @@ def connect(chat_server):
     yield open_client
     for client in clients:
         client.close()
+
+
+# --- server processes on a real Redis of the test's own ----------------------------
+
+
+class ServerProcess:
+    """``python server.py`` on a free port against one Redis (``script``: another server.py)."""
+
+    def __init__(self, redis_url: str, *args: str, script=ROOT / "server.py") -> None:
+        self.args = [sys.executable, str(script), "--port", "0", "--redis-url", redis_url, *args]
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.log.seek(0)
+            raise AssertionError(f"server did not start: {line}{self.log.read()}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def client(self) -> RawClient:
+        return RawClient(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def read_log(self) -> str:
+        """What the process logged (to stderr) so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+
+@pytest.fixture
+def redis_proc(request, tmp_path):
+    """A redis-server of this test's own; ``indirect`` parameters add server options."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def cluster(redis_proc):
+    """Start server processes on ``redis_proc``; all stopped after the test."""
+    started = []
+
+    def start(*args: str) -> ServerProcess:
+        server = ServerProcess(redis_proc.url, "--rate-limit", "0", *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        server.log.close()

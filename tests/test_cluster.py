@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, scaled
+from conftest import REDIS_SERVER, ROOT, RawClient, ServerProcess, scaled
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -25,60 +23,6 @@ NOT_SENT = "individual:{}:系统消息:Server error: your message was not sent, 
 
 def left(name):
     return f"channel:channel1:系统消息:User left: {name}\n"
-
-
-class ServerProcess:
-    """``python server.py`` on a free port against one Redis (``script``: another server.py)."""
-
-    def __init__(self, redis_url: str, *args: str, script=ROOT / "server.py") -> None:
-        self.args = [sys.executable, str(script), "--port", "0", "--redis-url", redis_url, *args]
-        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.log.seek(0)
-            raise AssertionError(f"server did not start: {line}{self.log.read()}")
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def client(self) -> RawClient:
-        return RawClient(self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-    def read_log(self) -> str:
-        """What the process logged (to stderr) so far."""
-        self.log.seek(0)
-        return self.log.read()
-
-
-@pytest.fixture
-def redis_proc(request, tmp_path):
-    """A redis-server of this test's own; ``indirect`` parameters add server options."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def cluster(redis_proc):
-    """Start server processes on ``redis_proc``; all stopped after the test."""
-    started = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(redis_proc.url, "--rate-limit", "0", *args)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        server.log.close()
 
 
 def online_count(client: RawClient, name: str) -> int:

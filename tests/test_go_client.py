@@ -125,8 +125,40 @@ def stamp_line(line: str) -> str:
     return line.split("  】", 1)[1].rstrip("\n")
 
 
+class RoomChatter:
+    """Two users chatting in a room the Go client never joins, all through a session."""
+
+    def __init__(self, port: int) -> None:
+        self.carol, self.dave = RawClient(port), RawClient(port)
+        for client, name in ((self.carol, "carol"), (self.dave, "dave")):
+            client.login(name)
+            client.send("channel:dev:join:")
+            client.expect(f"individual:{name}:join1:dev\n")
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._chat, daemon=True)
+        self.thread.start()
+
+    def _chat(self) -> None:
+        i = 0
+        while not self.stopping.is_set():
+            self.carol.send(f"channel:dev::room chatter {i}")
+            i += 1
+            self.stopping.wait(0.01)  # a steady conversation is what is under test
+
+    def stop(self) -> int:
+        """Stop; returns how many room messages dave received meanwhile."""
+        self.stopping.set()
+        self.thread.join()
+        self.carol.send("channel:dev::last")
+        self.dave.expect("channel:dev:carol:last\n")
+        for client in (self.carol, self.dave):
+            client.close()
+        return sum("room chatter" in f for f in self.dave.seen)
+
+
 def test_the_original_go_client_chats_with_this_server(go_client):
     server, start = go_client
+    chatter = RoomChatter(server.port)  # in a room the Go client never sees
     bob = RawClient(server.port)
     bob.login("bob")
     bob.send("channel:channel1::before alice came")  # alice gets it as history, which Go ignores
@@ -141,7 +173,7 @@ def test_the_original_go_client_chats_with_this_server(go_client):
     bob.send("channel:channel1::hi alice")
     assert stamp_line(alice.wait_for("hi alice")) == "< bob >hi alice"
     alice.type("./cd3")
-    assert stamp_line(alice.wait_for("当前在线人数")) == "< alice >当前在线人数为2人"
+    assert stamp_line(alice.wait_for("当前在线人数")) == "< alice >当前在线人数为4人"  # bob, carol, dave, alice
     alice.type("./ACTIVITY")
     assert stamp_line(alice.wait_for("活跃度排名")) == "< 系统消息 > < 系统消息 > 活跃度排名"
     alice.type("./cd1")
@@ -155,6 +187,8 @@ def test_the_original_go_client_chats_with_this_server(go_client):
     alice.wait_for("服务器连接已断开")
     assert alice.proc.wait(10) == 0
     bob.expect("channel:channel1:系统消息:用户已下线:alicia\n")
+    assert chatter.stop() > 0
+    assert not any("room chatter" in line or "加入了房间" in line for line in alice.screen)
 
 
 def test_the_go_client_survives_what_this_server_adds(go_client):

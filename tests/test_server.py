@@ -15,7 +15,15 @@ import time
 import fakeredis
 import pytest
 import redis
-from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, free_port, threads_back_to
+from conftest import (
+    REDIS_SERVER,
+    ROOT,
+    RawClient,
+    RedisProcess,
+    free_port,
+    redis_connections_held,
+    threads_back_to,
+)
 
 import protocol as p
 from chatroom import process
@@ -380,11 +388,18 @@ def test_an_unnamed_user_leaving_is_announced_by_its_guest_name(connect):
     bob.expect(LEFT.format(guest))
 
 
-def test_channel_messages_with_other_targets_are_chat_in_the_one_room(connect):
+def test_channel_messages_go_to_the_lobby_without_a_target_and_to_a_room_with_one(connect):
+    # The lobby's original name, or none; any other target is a room (see test_rooms.py).
     alice = connect()
     alice.login("alice")
-    alice.send("channel:elsewhere::text")
+    alice.send("channel:::text")
     assert alice.expect(chat_from("alice")) == "channel:channel1:alice:text\n"
+    alice.send("channel:CHANNEL1::text too")
+    assert alice.expect(chat_from("alice")) == "channel:channel1:alice:text too\n"
+    alice.send("channel:elsewhere::text")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:You are not in the room < elsewhere >: join it first (/join elsewhere)\n"
+    )
 
 
 def test_an_unknown_channel_mark_gets_a_format_error(connect):
@@ -601,14 +616,6 @@ def test_twenty_clients_sending_at_once_each_get_every_message_once_in_order(con
         thread.join(50)
     for received in results:
         assert received == {name: [f"{name}-{i}" for i in range(per_sender)] for name in names}
-
-
-def redis_connections_held(redis_kind, redis_client):
-    """Pooled connections checked out, and (on real Redis) subscribed connections."""
-    in_use = len(redis_client.connection_pool._in_use_connections)
-    if redis_kind == "real":
-        return in_use, sum(1 for c in redis_client.client_list() if int(c["sub"]) > 0)
-    return in_use, None
 
 
 def test_leaving_releases_every_thread_and_redis_connection(connect, chat_server, redis_kind, redis_client):
