@@ -46,6 +46,16 @@ the exit status says whether the user left (0) or the server went away (1).
 
 from __future__ import annotations
 
+import sys
+
+try:
+    # Checked first, so that a Python without the client's dependencies gets
+    # one line saying what to run instead of a traceback (prompt_toolkit is
+    # otherwise imported only once a terminal needs it).
+    import prompt_toolkit  # noqa: F401
+except ImportError:
+    sys.exit("client.py needs prompt_toolkit: run `make client`, or `pip install .` first")
+
 import argparse
 import asyncio
 import collections
@@ -55,7 +65,6 @@ import queue
 import re
 import socket
 import string
-import sys
 import threading
 import time
 import zlib

@@ -1141,3 +1141,28 @@ def test_live_who_private_messages_and_history(chat_server, connect, start_clien
 def test_reconnect_waits_double_each_attempt_up_to_10_s():
     assert [client.reconnect_delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]
     assert client.reconnect_delay(10_000) == 10
+
+
+# --- without its dependencies -----------------------------------------------------------------
+
+
+def test_without_prompt_toolkit_the_client_says_what_to_run(tmp_path):
+    # A package that fails to import stands in for a Python without the client's dependencies.
+    broken = tmp_path / "prompt_toolkit"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'prompt_toolkit'\")\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONIOENCODING="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), "--port", "1"],
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "make client" in done.stderr and "pip install ." in done.stderr
