@@ -194,12 +194,14 @@ TEXTS: dict[str, dict[str, str]] = {
     "ask_name": {"zh": "请输入你的昵称:", "en": "Enter your nickname: "},
     "ask_new_name": {"zh": "请输入新的昵称:", "en": "Enter your new nickname:"},
     "banner": {
+        # Original: "./cd4 或 ./activity 在线用户数量查询", the label of ./cd3
+        # again; ./cd4 is the activity ranking.
         "zh": (
             "--------------欢迎进入多人聊天室系统----------------\n"
             " * ./cd1 或 ./menu 功能菜单\n"
             " * ./cd2 或 ./changeName 更改昵称\n"
             " * ./cd3 或 ./online 在线用户数量查询\n"
-            " * ./cd4 或 ./activity 在线用户数量查询\n"
+            " * ./cd4 或 ./activity 查询活跃排行\n"
             " * ./cd5 或 ./quit 退出聊天室\n"
             "---------------指令字母不区分大小写-----------------"
         ),

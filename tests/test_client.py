@@ -1166,3 +1166,12 @@ def test_without_prompt_toolkit_the_client_says_what_to_run(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
     assert "make client" in done.stderr and "pip install ." in done.stderr
+
+
+def test_the_zh_banner_names_what_cd4_does():
+    # Original: " * ./cd4 或 ./activity 在线用户数量查询", the label of ./cd3 again.
+    banner = client.text("zh", "banner").splitlines()
+    assert " * ./cd4 或 ./activity 查询活跃排行" in banner
+    assert " * ./cd3 或 ./online 在线用户数量查询" in banner
+    # The server's menu stays the original's, byte for byte.
+    assert "*./cd4 或 ./ activity 查询活跃排行\n" in client.text("zh", "menu")
