@@ -154,9 +154,11 @@ def _visible_controls() -> dict[int, str]:
     table = {code: "^" + chr(code + 0x40) for code in range(0x20) if code not in (0x09, 0x0A)}
     table[0x7F] = "^?"
     # C1 controls (0x9B is a one-byte CSI on some terminals) and the bidi
-    # embeddings, overrides and isolates that can make text read differently
-    # from what was sent.
-    for code in (*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
+    # controls that can make text read differently from what was sent: the
+    # embeddings, overrides and isolates, and the directional marks (LRM,
+    # RLM, ALM), which reorder the neutral characters around them.
+    marks = (0x200E, 0x200F, 0x061C)
+    for code in (*range(0x80, 0xA0), *marks, *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
         table[code] = f"<U+{code:04X}>"
     return table
 

@@ -199,6 +199,7 @@ def test_only_trailing_cr_and_lf_are_trimmed_from_the_message():
         ("\x85nel", "<U+0085>nel"),
         ("\u202eevil", "<U+202E>evil"),
         ("\u2066iso\u2069", "<U+2066>iso<U+2069>"),
+        ("\u200eltr\u200frtl\u061calm", "<U+200E>ltr<U+200F>rtl<U+061C>alm"),
         ("two\nlines\tand tab", "two\nlines\tand tab"),
         ("你好 alice", "你好 alice"),
     ],
