@@ -59,6 +59,7 @@ except ImportError:
 import argparse
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import queue
@@ -1069,7 +1070,8 @@ def reconnect(session: Session) -> None:
             sock = open_connection(session.address)
         except OSError as exc:
             logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
-            session.notice("reconnect_failed", error=exc.strerror or exc)
+            where = format_address(session.address)
+            session.notice("reconnect_failed", address=where, error=describe_error(exc))
             continue
         session.attach(sock)
         start_reader(session)
@@ -1141,8 +1143,62 @@ def converse(session: Session, name: str | None = None) -> int:
     return leave(session)
 
 
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port`` as a user would type it; an IPv6 host in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_error(exc: OSError) -> str:
+    """What went wrong connecting, briefly: "connection refused", "timed out", ...
+
+    Lower-cased as Go words its errors; an acronym ("IPv6 ...") is kept as is.
+    """
+    message = exc.strerror or str(exc) or type(exc).__name__
+    if message == type(exc).__name__ or not message[1:2].islower():
+        return message
+    return message[0].lower() + message[1:]
+
+
+def port_argument(value: str) -> int:
+    """``--port``: a TCP port, 1 to 65535.
+
+    Checked here, not by the connect: ``-1`` gave "Servname not supported"
+    and ``0`` "Connection refused", neither of which says the port is wrong.
+    """
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {value!r}")
+    return port
+
+
+# One label of a host name: letters, digits, '-' inside, '_' as some local names have.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def host_argument(value: str) -> str:
+    """``--host``: an IP address (IPv6 with or without brackets) or a host name."""
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")  # 例え.jp -> xn--r8jz45g.jp
+    except UnicodeError:
+        ascii_host = ""
+    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
+    if not ascii_host or len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise argparse.ArgumentTypeError(f"must be a host name or an IP address, not {value!r}")
+    return host
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line."""
+    """The command line; a bad ``--host`` or ``--port`` is a usage error (exit status 2)."""
     parser = argparse.ArgumentParser(
         prog="chatroom-client",
         description="Terminal client for redis-chatroom.",
@@ -1154,8 +1210,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "NO_COLOR is set.  Type /help in the chat for the commands."
         ),
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--host", type=host_argument, default=DEFAULT_HOST, help="server address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=port_argument, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
     parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
     parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
@@ -1202,7 +1262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = open_connection(address)
     except OSError as exc:
-        print(text(lang, "connect_failed", error=exc), flush=True)
+        said = text(lang, "connect_failed", address=format_address(address), error=describe_error(exc))
+        print(said, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

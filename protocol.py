@@ -190,7 +190,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "name_reserved": {"zh": "该名字为系统保留", "en": "That name is reserved"},
     # Client texts.
     "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
-    "connect_failed": {"zh": "服务器连接失败 err = {error}", "en": "Could not connect to the server: {error}"},
+    # Original: "服务器连接失败 err =" and Go's error, which names the address.
+    "connect_failed": {"zh": "服务器连接失败 {address}: {error}", "en": "Could not connect to {address}: {error}"},
     "ask_name": {"zh": "请输入你的昵称:", "en": "Enter your nickname: "},
     "ask_new_name": {"zh": "请输入新的昵称:", "en": "Enter your new nickname:"},
     "banner": {
@@ -268,7 +269,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "{delay:g}秒后重新连接(第{attempt}次)...",
         "en": "Reconnecting in {delay:g} s (attempt {attempt})...",
     },
-    "reconnect_failed": {"zh": "重新连接失败: {error}", "en": "Could not reconnect: {error}"},
+    "reconnect_failed": {
+        "zh": "重新连接 {address} 失败: {error}",
+        "en": "Could not reconnect to {address}: {error}",
+    },
     "reconnected": {"zh": "已重新连接服务器", "en": "Reconnected to the server"},
     "reclaim_refused": {"zh": "无法取回昵称 < {name} >", "en": "Could not take the name < {name} > back"},
     "held_offline": {

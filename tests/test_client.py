@@ -667,14 +667,97 @@ def test_escape_sequences_from_peers_are_made_visible(server, start_client):
     assert "< ^[[2Jbob >^[[31mred^G^Mover\n" in output
 
 
-def test_an_unreachable_server_exits_non_zero(start_client):
+@pytest.mark.parametrize(
+    ("lang", "said"),
+    [
+        ("en", "Could not connect to 127.0.0.1:{port}: connection refused\n"),
+        ("zh", "服务器连接失败 127.0.0.1:{port}: connection refused\n"),
+    ],
+)
+def test_an_unreachable_server_exits_non_zero_and_says_where_it_tried(start_client, lang, said):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # bound, never listening: connecting is refused
-        chat = start_client(port)
+        chat = start_client(port, "--name", "alice", "--lang", lang)
         status, output = chat.finish()
     assert status == 1
-    assert output.startswith("Could not connect to the server")
+    assert output == said.format(port=port)
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        (("127.0.0.1", 9533), "127.0.0.1:9533"),
+        (("::1", 9527), "[::1]:9527"),
+        (("chat.example", 1), "chat.example:1"),
+    ],
+)
+def test_an_address_is_shown_as_host_and_port(address, shown):
+    assert client.format_address(address) == shown
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (TimeoutError("timed out"), "timed out"),
+        (socket.gaierror(-2, "Name or service not known"), "name or service not known"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_connection_errors_are_worded_briefly(error, said):
+    assert client.describe_error(error) == said
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--port", "-1"),
+        ("--port", "0"),
+        ("--port", "65536"),
+        ("--port", "http"),
+        ("--host", ""),
+        ("--host", "two words"),
+        ("--host", "bad_host!"),
+        ("--host", "a..b"),
+        ("--host", "[::1"),
+    ],
+)
+def test_a_bad_port_or_host_is_a_usage_error_that_names_the_option(capsys, option, value):
+    with pytest.raises(SystemExit) as exited:
+        client.parse_args([option, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {option}:" in error
+    assert repr(value) in error
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [
+        ("localhost", "localhost"),
+        ("::1", "::1"),
+        ("[::1]", "::1"),
+        ("10.0.0.7", "10.0.0.7"),
+        ("chat.example.org.", "chat.example.org."),
+        ("例え.jp", "例え.jp"),
+        ("my_host", "my_host"),
+    ],
+)
+def test_good_hosts_are_accepted(value, host):
+    assert client.parse_args(["--host", value]).host == host
+
+
+@pytest.mark.parametrize("port", ["1", "9527", "65535"])
+def test_good_ports_are_accepted(port):
+    assert client.parse_args(["--port", port]).port == int(port)
+
+
+def test_a_bad_port_exits_2_before_connecting(start_client):
+    chat = start_client(-1, "--name", "alice")  # start_client passes --port first
+    status, output = chat.finish()
+    assert (status, output) == (2, "")
+    assert "argument --port: must be a port number from 1 to 65535, not '-1'" in chat.errors
 
 
 def test_main_parses_the_documented_options():
@@ -1105,7 +1188,7 @@ def test_end_of_input_while_reconnecting_leaves(start_client):
         chat = start_client(fake.port, "--name", "alice", "--reconnect")
         fake.login("alice")
         fake.stop()  # nobody listens any more: every attempt fails
-        chat.wait_for_output("Could not reconnect")
+        chat.wait_for_output(f"Could not reconnect to 127.0.0.1:{fake.port}: connection refused")
         chat.end_input()
         status, output = chat.finish()
     finally:
