@@ -74,7 +74,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import framing
-from framing import MAX_FRAME, FrameError, FrameReader, InvalidUtf8
+from framing import MAX_FRAME, FrameError, FrameReader, FrameTooLarge, InvalidUtf8, NegativeLength
 from protocol import (
     ACTIVITY,
     BROADCAST,
@@ -849,6 +849,7 @@ class Terminal:
 def read_msg(session: Session, sock: socket.socket | None = None) -> None:
     """Reader thread: print every frame from the server until the connection ends."""
     reader = FrameReader(sock if sock is not None else session.sock, MAX_INCOMING)
+    malformed: str | None = None  # why the server's stream cannot be read any further
     try:
         while True:
             try:
@@ -877,13 +878,24 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             session.show(*incoming.styled)
             if incoming.event is not None:
                 session.inbox.put(incoming.event)
+    except (NegativeLength, FrameTooLarge) as exc:
+        # The stream cannot be trusted after an impossible length: hang up and
+        # say so, rather than "the server closed the connection", which it did not.
+        logger.debug("malformed frame: %s", exc)
+        malformed = str(exc)
+        try:
+            reader.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     except (OSError, FrameError) as exc:
         # Original: "服务器断开连接 2 err = ..." and, with 1-3 bytes of a header
         # left, never exited.  Any broken stream is the server going away.
         logger.debug("connection lost: %s", exc)
     finally:
         session.history.lost(time.time())
-        if not session.quitting:
+        if malformed is not None:
+            session.show(session.text("malformed_frame", reason=malformed))
+        elif not session.quitting:
             session.show(session.text("disconnected"))
         session.inbox.put(CLOSED)
 

@@ -223,6 +223,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "unknown_error": {"zh": "< 系统消息 > 未知错误", "en": "< System > Unknown error"},
     "invalid_message": {"zh": "无效的消息格式", "en": "Unparseable message"},
     "disconnected": {"zh": "服务器连接已断开 ", "en": "The server closed the connection"},
+    "malformed_frame": {
+        "zh": "服务器发送了格式错误的数据帧({reason}),连接已断开",
+        "en": "The server sent a malformed frame ({reason}): disconnected",
+    },
     "quit_ok": {"zh": "退出成功", "en": "Bye"},
     # Client texts this port adds (slash commands, private messages, history, reconnecting).
     "banner_slash": {

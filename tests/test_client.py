@@ -620,6 +620,35 @@ def test_a_truncated_frame_is_the_server_going_away(server, start_client):
     assert chat.finish()[0] == 1
 
 
+@pytest.mark.parametrize(
+    ("length", "reason"),
+    [(-1, "negative frame length -1"), (2**31 - 1, "frame of 2147483647 bytes exceeds the limit of 1048576")],
+)
+def test_a_frame_of_impossible_length_is_reported_as_malformed(server, start_client, length, reason):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    server.conn.sendall(struct.pack("<i", length) + b"xxxx")  # the connection stays open
+    status, output = chat.finish()
+    assert status == 1
+    assert f"The server sent a malformed frame ({reason}): disconnected\n" in output
+    assert "The server closed the connection" not in output
+
+
+def test_after_a_malformed_frame_the_client_reconnects_if_it_may(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--reconnect", "--lang", "zh")
+    server.login("alice")
+    server.conn.sendall(struct.pack("<i", -7))
+    chat.wait_for_output("服务器发送了格式错误的数据帧(negative frame length -7),连接已断开\n")
+    server.close()
+    server.login("alice")  # a new connection, and the name back
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "秒后重新连接(第1次)..." in output
+
+
 def test_an_unparseable_frame_is_shown_and_the_client_keeps_working(server, start_client):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice")
