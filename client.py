@@ -41,7 +41,9 @@ first nickname is asked again; stdin has one reader, so lines that arrive
 together are all sent; end of input quits instead of sending an error text
 every 100 ms; a payload that does not split into four fields is shown instead
 of stopping the reader; control characters from the network are made visible;
-the exit status says whether the user left (0) or the server went away (1).
+a user's text of several lines is indented under its sender, so it cannot
+pose as other lines; the exit status says whether the user left (0) or the
+server went away (1).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ import socket
 import string
 import threading
 import time
+import unicodedata
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -165,11 +168,32 @@ def _visible_controls() -> dict[int, str]:
 
 
 _VISIBLE = _visible_controls()
+# For fields that are one line by nature (names): line breaks too.
+_VISIBLE_INLINE = {**_VISIBLE, 0x0A: "^J", 0x2028: "<U+2028>", 0x2029: "<U+2029>"}
 
 
 def sanitize(value: str) -> str:
     """Make control characters visible, so a peer cannot move the cursor or recolour the terminal."""
     return value.translate(_VISIBLE)
+
+
+def sanitize_inline(value: str) -> str:
+    """:func:`sanitize`, and line breaks visible too: for a name, which must never span lines."""
+    return value.translate(_VISIBLE_INLINE)
+
+
+#: What a terminal, or a reader, may take for the start of a new line.
+LINE_BREAKS = re.compile("\r\n|[\n\r\v\f\x85\u2028\u2029]")
+
+
+def display_width(value: str) -> int:
+    """The columns a terminal gives ``value``: two for a wide CJK character, none for a combining mark."""
+    width = 0
+    for char in value:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
 
 
 def timestamp(lang: str, now: datetime) -> str:
@@ -304,16 +328,33 @@ def _system(lang: str, key: str, stamp: Line, **values: object) -> Incoming:
     return Incoming((stamp + styled(lang, key, "system", **values),))
 
 
-def _chat_line(lang: str, name: str, message: str, own: bool, extra: str = "") -> Line:
+def _user_lines(
+    lead: Line, lang: str, key: str, style: str, text_style: str, message: str, **values: object
+) -> tuple[Line, ...]:
+    """A user's text (chat, private, history) as printed lines, each line of the text on its own.
+
+    The first: ``lead``, then text ``key`` filled with ``values`` and the
+    text's first line; the others indented to the column where the text
+    begins.  Original: printed the text as it came, so "ok\\n[21:13] < bob >
+    my password is hunter2" put a line on the screen that looks like bob
+    speaking; indented, no line of a user's text can start like a time and a
+    name.  ``message`` is raw: it is split, then made visible.
+    """
+    first, *more = LINE_BREAKS.split(message)
+    shown = sanitize(first)
+    line = lead + styled(lang, key, style, text=(text_style, shown), **values)
+    indent = " " * (display_width(plain(line)) - display_width(shown))
+    following = tuple(((style, indent), (text_style, sanitize(part))) if part else () for part in more)
+    return (line, *following)
+
+
+def _chat_lines(
+    lead: Line, lang: str, name: str, message: str, own: bool, extra: str = ""
+) -> tuple[Line, ...]:
     name_style = "name me" if own else "name"
-    text_style = "me" if own else ""
-    return styled(
-        lang,
-        "chat_line",
-        extra,
-        name=(f"{name_style} {extra}".strip(), name),
-        text=(f"{text_style} {extra}".strip(), message),
-    )
+    text_style = f"{'me' if own else ''} {extra}".strip()
+    name_value = (f"{name_style} {extra}".strip(), sanitize_inline(name))
+    return _user_lines(lead, lang, "chat_line", extra, text_style, message, name=name_value)
 
 
 def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
@@ -328,7 +369,8 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
     Rendering follows the Go client's ``readMsg``; in ``lang="zh"`` the lines
     of the original message kinds are, without styles, byte for byte what it
     prints (apart from control characters, which :func:`sanitize` makes
-    visible, and the fixes below).  ``me`` is our current name: our own chat
+    visible, a user's text of several lines, whose further lines are
+    indented, and the fixes below).  ``me`` is our current name: our own chat
     lines are styled apart.
     """
     stamp = _stamp(lang, now)
@@ -342,7 +384,7 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
 
     if target_type == INDIVIDUAL:
         target, mark, message = _unshift(target, mark, message)
-        shown_target, shown = sanitize(target), sanitize(message)
+        shown_target, shown = sanitize_inline(target), sanitize(message)
         name = ("name", shown_target)
         if mark == CHANGE_NAME_FIRST_OK:
             incoming = _system(lang, "your_name", stamp, name=name)
@@ -364,7 +406,7 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
             return _system(lang, "system_personal", stamp, text=shown)
         if mark in (PRIVATE_IN, PRIVATE_SENT):
             key = "private_in" if mark == PRIVATE_IN else "private_out"
-            return Incoming((stamp + styled(lang, key, "private", name=name, text=("private", shown)),))
+            return Incoming(_user_lines(stamp, lang, key, "private", "private", message, name=name))
         return _system(lang, "unknown_error", stamp)
 
     if target_type == CHANNEL:
@@ -372,7 +414,7 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
         if mark == SYSTEM:
             return _system(lang, "system_broadcast", stamp, text=shown)
         own = bool(me) and mark == me
-        return Incoming((stamp + _chat_line(lang, sanitize(mark), shown, own),), public=(mark, message))
+        return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message))
 
     if target_type == HISTORY:
         # history:<unix seconds>:<sender>:<text>, sent after the first nickname.
@@ -382,11 +424,12 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
         except (ValueError, OverflowError, OSError):
             logger.debug("history line with a bad time: %r", payload)
             return Incoming(())
-        line = (
+        lead = (
             ("stamp history", _history_stamp(lang, sent, now)),
             ("history", text(lang, "history_mark")),
-        ) + _chat_line(lang, sanitize(mark), sanitize(message), bool(me) and mark == me, "history")
-        return Incoming((line,), public=(mark, message), sent_at=sent_at)
+        )
+        shown_lines = _chat_lines(lead, lang, mark, message, bool(me) and mark == me, "history")
+        return Incoming(shown_lines, public=(mark, message), sent_at=sent_at)
 
     # As the original: four fields of an unknown kind are not for us.
     return Incoming(())

@@ -78,7 +78,6 @@ def lines(payload: str, lang: str = "zh") -> tuple[str, ...]:
         ("channel:channel1:alice:a:b:c\n", [T + "< alice >a:b:c"]),
         ("channel:channel1:bob:当前在线人数为2人\n", [T + "< bob >当前在线人数为2人"]),
         ("channel:channel1:alice:\n", [T + "< alice >"]),
-        ("channel:channel1:alice:two\nlines\n", [T + "< alice >two\nlines"]),
         (
             ACTIVITY_FRAME,
             [T + "< 系统消息 > < 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice"],
@@ -180,7 +179,79 @@ def test_four_fields_of_an_unknown_kind_print_nothing_as_in_the_original():
 
 
 def test_only_trailing_cr_and_lf_are_trimmed_from_the_message():
-    assert lines("channel:channel1:alice:\n hi \r\n\r\n") == (T + "< alice >\n hi ",)
+    assert lines("channel:channel1:alice:\n hi \r\n\r\n") == (T + "< alice >", " " * 22 + " hi ")
+
+
+# --- lines a user's text cannot forge ------------------------------------------------------
+
+FORGERY = "ok\n[21:13] < System > User left: mallory\n[21:13] < bob > my password is hunter2"
+
+
+def test_the_lines_of_a_chat_message_are_indented_under_its_sender():
+    # Original: printed as it came, so the text's own lines looked like a
+    # system notice and like bob speaking.
+    assert lines(f"channel:channel1:mallory:{FORGERY}\n", "en") == (
+        "[15:04] < mallory > ok",
+        "                    [21:13] < System > User left: mallory",
+        "                    [21:13] < bob > my password is hunter2",
+    )
+    assert lines(f"channel:channel1:mallory:{FORGERY}\n", "zh") == (
+        T + "< mallory >ok",
+        " " * 24 + "[21:13] < System > User left: mallory",  # 【 and 】 are two columns wide
+        " " * 24 + "[21:13] < bob > my password is hunter2",
+    )
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r", "\u2028", "\u2029", "\x85", "\v", "\f"])
+def test_every_kind_of_line_break_starts_an_indented_line(newline):
+    assert lines(f"channel:channel1:bob:one{newline}two{newline}{newline}four\n", "en") == (
+        "[15:04] < bob > one",
+        "                two",
+        "",
+        "                four",
+    )
+
+
+def test_private_and_history_lines_are_indented_under_their_sender_too():
+    forged = "hi\n[21:13] < bob > my password is hunter2"
+    assert lines(f"individual:mallory:private:{forged}\n", "en") == (
+        "[15:04] [private] < mallory > hi",
+        " " * 30 + "[21:13] < bob > my password is hunter2",
+    )
+    assert lines(f"individual:bob:privateSent:{forged}\n", "en") == (
+        "[15:04] [private] < you -> bob > hi",
+        " " * 33 + "[21:13] < bob > my password is hunter2",
+    )
+    sent = int(datetime(2024, 5, 6, 9, 30).timestamp())
+    incoming = parse_frame(f"history:{sent}:mallory:{forged}\n", "en", NOW)
+    assert incoming.lines == (
+        "[09:30] (history) < mallory > hi",
+        " " * 30 + "[21:13] < bob > my password is hunter2",
+    )
+    assert all("history" in style for line in incoming.styled for style, text in line if text.strip())
+    assert incoming.public == ("mallory", forged)  # what was said, for the history filter
+
+
+def test_a_name_cannot_break_a_line():
+    # The original server takes any name; ours refuses these.
+    assert lines("channel:channel1:x\n< bob >:hunter2\n", "en") == ("[15:04] < x^J< bob > > hunter2",)
+    assert lines("individual:a\u2028b:private:hi\n", "en") == ("[15:04] [private] < a<U+2028>b > hi",)
+    assert lines("individual:a\nb:changeNameFirst1:a\nb\n", "en") == ("[15:04] Your nickname is now: a^Jb",)
+
+
+def test_the_servers_own_multi_line_texts_are_shown_as_they_are():
+    assert lines("individual:alice:系统消息:Online (2):\n alice\n bob\n", "en") == (
+        "[15:04] < System > Online (2):\n alice\n bob",
+    )
+    assert lines(ACTIVITY_FRAME, "zh") == (T + "< 系统消息 > " + ACTIVITY_FRAME.split(":", 3)[3].rstrip("\n"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "columns"),
+    [("abc", 3), ("你好", 4), ("【  15:04  】", 13), ("e\u0301", 1), ("a\u200bb", 2), ("", 0)],
+)
+def test_display_width_counts_terminal_columns(value, columns):
+    assert client.display_width(value) == columns
 
 
 # --- sanitising --------------------------------------------------------------------
@@ -693,7 +764,24 @@ def test_escape_sequences_from_peers_are_made_visible(server, start_client):
     status, output = chat.finish()
     assert status == 0
     assert "\x1b" not in output and "\r" not in output and "\x07" not in output
-    assert "< ^[[2Jbob >^[[31mred^G^Mover\n" in output
+    # The CR starts a line of its own, indented under the sender.
+    assert "< ^[[2Jbob >^[[31mred^G\n" + " " * 25 + "over\n" in output
+
+
+def test_a_forged_chat_message_cannot_pose_as_other_lines(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--no-color")
+    server.login("alice")
+    server.send("channel:channel1:mallory:" + FORGERY)
+    chat.wait_for_output("hunter2\n")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    shown = output.splitlines()
+    assert not [line for line in shown if line.startswith("[21:13]")], output
+    assert re.search(r"\[\d\d:\d\d\] < mallory > ok\n {20}\[21:13\] < System > User left: mallory\n", output)
+    assert " " * 20 + "[21:13] < bob > my password is hunter2\n" in output
 
 
 @pytest.mark.parametrize(
