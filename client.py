@@ -112,6 +112,11 @@ DEFAULT_PORT = 9527
 CONNECT_TIMEOUT = 10.0
 #: How long ``./quit`` waits for the server to close the connection.
 QUIT_TIMEOUT = 2.0
+#: Before leaving, how long to wait for the answers to what was sent (see
+#: :func:`wait_for_answers`): at most this long without any answer, and at
+#: most ANSWERS_MAX_WAIT in all (the original server answers one message a second).
+ANSWER_TIMEOUT = QUIT_TIMEOUT
+ANSWERS_MAX_WAIT = 10.0
 #: Frames we accept from the server.  Larger than what the Go programs can
 #: decode (MAX_FRAME) on purpose: showing an oversized frame beats dropping
 #: the connection, and the stream stays in step either way.
@@ -133,7 +138,19 @@ CLOSED = "closed"  # the connection is gone, for whatever reason
 ACCEPTED = "accepted"  # the first nickname was accepted
 REFUSED = "refused"  # a nickname (first or later) was refused
 SERVER_QUIT = "quit"  # the server told us to leave (individual:...:quit:)
+ANSWERED = "answered"  # the server answered one of our requests (Awaited)
 _INPUT = (LINE, END_OF_INPUT)
+
+# What a request waits for: the kinds of answer (Awaited, request_kind, Incoming.answers).
+ECHO = "echo"  # our chat line, broadcast back to us too
+COUNT = "count"  # the online count
+RANKING = "ranking"  # the activity ranking
+NOTICE = "notice"  # a system message to us: the who list, the menu
+PRIVATE_ECHO = "private echo"  # the echo of our private message
+RENAME = "rename"  # changeName1, or the refusal
+#: A system message to us answers who or menu; else it is the refusal of, or
+#: an error about, some other request (too long, no such user, flooding...).
+NOTICE_ANSWERS = (NOTICE, PRIVATE_ECHO, ECHO, COUNT, RANKING, RENAME)
 
 
 # --- pure functions: no I/O ---------------------------------------------------
@@ -290,6 +307,8 @@ class Incoming(NamedTuple):
     public: tuple[str, str] | None = None
     #: For a history line: the server's unix time of the message.
     sent_at: int | None = None
+    #: The kinds of request this frame may answer, most likely first (see Awaited).
+    answers: tuple[str, ...] = ()
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -363,6 +382,23 @@ def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
     return text(lang, "stamp", time=shown)
 
 
+def _pattern(key: str, **fields: str) -> re.Pattern[str]:
+    """A server text of either language as a regex; ``fields`` are the regexes of its fields."""
+    escaped = (re.escape(template).replace(r"\{", "{").replace(r"\}", "}") for template in TEXTS[key].values())
+    return re.compile("|".join(f"(?:{template.format(**fields)})" for template in escaped))
+
+
+# The server's online count, in either language (the server's may differ from ours).
+_COUNT_TEXT = _pattern("online_count", count=r"\d+")
+
+
+def _is_ranking(message: str) -> bool:
+    # Its first line is the title, in either language; the original server
+    # puts the asker's text in front of it.
+    first = message.split("\n", 1)[0] + "\n"
+    return any(first.endswith(title) for title in TEXTS["activity_title"].values())
+
+
 def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incoming:
     """Turn one payload from the server into the lines to print and the state change.
 
@@ -378,7 +414,8 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
     if parts is None:
         # Original: logged "无效的消息格式" and returned from readMsg, deaf
         # from then on (the server's "信息格式错误" has no colons at all).
-        return _system(lang, "system_broadcast", stamp, text=sanitize(payload.rstrip("\r\n")))
+        incoming = _system(lang, "system_broadcast", stamp, text=sanitize(payload.rstrip("\r\n")))
+        return incoming._replace(answers=NOTICE_ANSWERS)  # the original's "信息格式错误"
     target_type, target, mark, message = parts
     message = message.rstrip("\r\n")  # Go: strings.TrimRight(message, "\r\n")
 
@@ -394,27 +431,31 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
                 stamp + styled(lang, "rename_ok", "system"),
                 stamp + styled(lang, "your_name", "system", name=name),
             )
-            return Incoming(lines, name=target)
+            return Incoming(lines, name=target, answers=(RENAME,))
         if mark in (NAME_REFUSED, RENAME_FAILED):
             # Original: no case for these, so "< 系统消息 > 未知错误" and the
             # user never saw why.  The reason is the server's text.
             reason = shown or text(lang, "name_taken" if mark == NAME_REFUSED else "rename_failed")
-            return _system(lang, "system_broadcast", stamp, text=reason)._replace(event=REFUSED)
+            incoming = _system(lang, "system_broadcast", stamp, text=reason)
+            return incoming._replace(event=REFUSED, answers=(RENAME,))
         if mark == QUIT:
             return _system(lang, "quitting", stamp)._replace(event=SERVER_QUIT)
         if mark == SYSTEM:
-            return _system(lang, "system_personal", stamp, text=shown)
+            return _system(lang, "system_personal", stamp, text=shown)._replace(answers=NOTICE_ANSWERS)
         if mark in (PRIVATE_IN, PRIVATE_SENT):
             key = "private_in" if mark == PRIVATE_IN else "private_out"
-            return Incoming(_user_lines(stamp, lang, key, "private", "private", message, name=name))
-        return _system(lang, "unknown_error", stamp)
+            shown_lines = _user_lines(stamp, lang, key, "private", "private", message, name=name)
+            return Incoming(shown_lines, answers=(PRIVATE_ECHO,) if mark == PRIVATE_SENT else ())
+        return _system(lang, "unknown_error", stamp)._replace(answers=NOTICE_ANSWERS)
 
     if target_type == CHANNEL:
         shown = sanitize(message)
         if mark == SYSTEM:
-            return _system(lang, "system_broadcast", stamp, text=shown)
+            incoming = _system(lang, "system_broadcast", stamp, text=shown)
+            return incoming._replace(answers=(RANKING,) if _is_ranking(message) else ())
         own = bool(me) and mark == me
-        return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message))
+        answers = ((COUNT, ECHO) if _COUNT_TEXT.fullmatch(message) else (ECHO,)) if own else ()
+        return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message), answers=answers)
 
     if target_type == HISTORY:
         # history:<unix seconds>:<sender>:<text>, sent after the first nickname.
@@ -469,6 +510,59 @@ class HistoryFilter:
             return False
         self._shown.append(key)
         return True
+
+
+def request_kind(payload: str) -> str | None:
+    """What kind of answer a payload we send waits for (ECHO, COUNT, ...), or None."""
+    parts = split_message(payload)
+    if parts is None:
+        return None
+    if parts.target_type == CHANNEL:
+        return {PRIVATE: ECHO, ONLINE_LIST: COUNT, ACTIVITY: RANKING}.get(parts.mark)
+    if parts.target_type == INDIVIDUAL:
+        return {PRIVATE: PRIVATE_ECHO, WHO: NOTICE, MENU: NOTICE, CHANGE_NAME: RENAME}.get(parts.mark)
+    return None
+
+
+class Awaited:
+    """The answers the server still owes us on this connection, counted by kind.
+
+    The main thread counts a request as it sends it, the reader each answer
+    as it prints it (thread-safe).  An answer is matched by kind, not by
+    content: a system message can be the refusal of anything.
+    """
+
+    def __init__(self) -> None:
+        self._owed: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def sent(self, kind: str) -> None:
+        """A request that waits for an answer of ``kind`` went out."""
+        with self._lock:
+            self._owed[kind] += 1
+
+    def answer(self, kinds: tuple[str, ...]) -> bool:
+        """A frame that may answer ``kinds`` (most likely first) arrived: True if it answered one."""
+        with self._lock:
+            for kind in kinds:
+                if self._owed[kind] > 0:
+                    self._owed[kind] -= 1
+                    return True
+            return False
+
+    def pending(self, kind: str) -> bool:
+        """Whether an answer of ``kind`` is owed."""
+        with self._lock:
+            return self._owed[kind] > 0
+
+    def clear(self) -> None:
+        """The connection is gone: its answers will never come."""
+        with self._lock:
+            self._owed.clear()
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return any(self._owed.values())
 
 
 class Action(NamedTuple):
@@ -694,8 +788,13 @@ class Session:
         self.prompt_key: str | None = None
         self.inbox = Inbox()
         self.history = HistoryFilter()
+        #: What the server still has to answer on the current connection.
+        self.awaited = Awaited()
         self._send_lock = threading.Lock()
         self._print_lock = threading.Lock()
+        #: The last thing printed (without a terminal) was a prompt that
+        #: awaits its answer on the same line; a pipe does not echo it.
+        self._line_open = False
 
     def text(self, key: str, **values: object) -> str:
         """A text in the session's language."""
@@ -708,8 +807,11 @@ class Session:
         close, so there is one path for "the server went away".
         """
         logger.debug("send %r", payload)
+        kind = request_kind(payload)
         try:
             with self._send_lock:
+                if kind is not None:  # counted first: the answer may come before sendall returns
+                    self.awaited.sent(kind)
                 self.sock.sendall(framing.encode(payload))
         except OSError as exc:
             logger.debug("send failed: %s", exc)
@@ -722,6 +824,11 @@ class Session:
             if self.terminal is not None:
                 self.terminal.write(shown)
                 return
+            if not shown:
+                return
+            if self._line_open:
+                shown = "\n" + shown  # whatever follows a prompt starts a line of its own
+            self._line_open = not shown.endswith("\n")
             try:
                 self.out.write(shown)
                 self.out.flush()
@@ -747,6 +854,7 @@ class Session:
         """Use a new connection from now on (the old one is closed)."""
         old, self.sock = self.sock, sock
         old.close()
+        self.awaited.clear()
         self.quitting = False
         self.connected = True
         self.refresh_prompt()
@@ -919,6 +1027,8 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             elif incoming.public is not None:
                 session.history.saw(*incoming.public)
             session.show(*incoming.styled)
+            if incoming.answers and session.awaited.answer(incoming.answers):
+                session.inbox.put(ANSWERED)  # after printing: the goodbye comes after the answer
             if incoming.event is not None:
                 session.inbox.put(incoming.event)
     except (NegativeLength, FrameTooLarge) as exc:
@@ -936,6 +1046,9 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
         logger.debug("connection lost: %s", exc)
     finally:
         session.history.lost(time.time())
+        session.awaited.clear()
+        session.connected = False
+        session.refresh_prompt()
         if malformed is not None:
             session.show(session.text("malformed_frame", reason=malformed))
         elif not session.quitting:
@@ -1056,7 +1169,11 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
 
 
 def input_loop(session: Session) -> None:
-    """Send what the user types until ``./quit`` (the Go client's input goroutine)."""
+    """Send what the user types until ``./quit`` (the Go client's input goroutine).
+
+    Returns at ``./quit`` without sending it: :func:`converse` waits for the
+    answers to what was sent, then :func:`leave` sends the quit.
+    """
     while True:
         action = parse_line(get_user_input(session), session.name, session.lang)
         if action.ask_new_name:
@@ -1064,11 +1181,9 @@ def input_loop(session: Session) -> None:
         if action.notice:
             session.say(action.notice)
         if action.quit:
-            session.quitting = True
+            return  # leave() sends the quit, once the answers to what was sent are in
         if action.payload is not None:
             session.send(action.payload)
-        if action.quit:
-            return
 
 
 def wait_offline(session: Session, seconds: float) -> None:
@@ -1163,6 +1278,38 @@ def chat(session: Session, name: str | None = None) -> None:
             reconnect(session)
 
 
+def wait_for_answers(session: Session) -> bool:
+    """Before leaving: wait until the server has answered everything sent, within bounds.
+
+    Original: sent quit at once, and the server could close before the echo
+    of the last line (or the answer to the last command) reached us.  Gives
+    up after ANSWER_TIMEOUT without an answer, or ANSWERS_MAX_WAIT in all: a
+    server need not answer everything (the original does not echo private
+    messages).  Returns False if the connection was lost meanwhile; raises
+    :class:`Interrupted` on Ctrl-C.
+    """
+    start = last = time.monotonic()
+    while session.connected and session.awaited:
+        remaining = min(last + ANSWER_TIMEOUT, start + ANSWERS_MAX_WAIT) - time.monotonic()
+        if remaining <= 0:
+            logger.debug("gave up waiting for the server's answers")
+            return True
+        try:
+            kind, _ = session.inbox.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if kind == ANSWERED:
+            last = time.monotonic()
+        elif kind == CLOSED:
+            return False
+        elif kind == LEAVE:
+            raise Interrupted
+        elif kind == SERVER_QUIT:
+            return True
+        # Input after ./quit or the end of input is not read: the user is leaving.
+    return True
+
+
 def leave(session: Session) -> int:
     """Send quit (unless sent), wait a little for the server to close, say goodbye; returns 0."""
     if session.connected:
@@ -1189,11 +1336,17 @@ def leave(session: Session) -> int:
 def converse(session: Session, name: str | None = None) -> int:
     """The whole conversation: 0 when the user left, 1 when the server went away."""
     try:
-        chat(session, name)
+        try:
+            chat(session, name)
+        except EndOfInput:
+            # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
+            pass
+        # ./quit, or the end of input: the answers first (not on Ctrl-C: out now).
+        if session.connected and not wait_for_answers(session):
+            return 1  # the server went away before answering
     except ServerGone:
         return 1
-    except (EndOfInput, ServerQuit, Interrupted, KeyboardInterrupt):
-        # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
+    except (ServerQuit, Interrupted, KeyboardInterrupt):
         pass
     return leave(session)
 

@@ -407,6 +407,16 @@ class FakeServer:
         """Send a server payload; like the original's, it ends with a newline."""
         self.conn.sendall(encode(payload + "\n"))
 
+    def answer(self, payload: str, *answers: str) -> None:
+        """Expect a request, then answer it as a server does (the client waits for answers before it leaves)."""
+        self.expect(payload)
+        for answer in answers:
+            self.send(answer)
+
+    def chat(self, name: str, text: str) -> None:
+        """Expect ``name``'s chat line and broadcast it back."""
+        self.answer(f"channel:channel1::{text}", f"channel:channel1:{name}:{text}")
+
     def login(self, name: str) -> None:
         self.expect(f"individual::changeNameFirst:{name}")
         self.send(f"individual:{name}:changeNameFirst1:{name}")
@@ -542,7 +552,7 @@ def test_a_taken_first_nickname_is_asked_again(server, start_client, refusal):
     server.send(refusal)
     server.login("bob")
     chat.type("hello")
-    server.expect("channel:channel1::hello")
+    server.chat("bob", "hello")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -560,7 +570,7 @@ def test_lines_that_arrive_together_are_all_sent(server, start_client):
     chat.end_input()
     server.login("alice")
     for text in ("one", "two", "three"):
-        server.expect(f"channel:channel1::{text}")
+        server.chat("alice", text)
     server.expect("channel:channel1:quit:")
     server.close()
     assert chat.finish()[0] == 0
@@ -570,14 +580,14 @@ def test_commands_are_case_insensitive_and_use_the_current_name(server, start_cl
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice", "./ONLINE", "./Cd4", "./cd1", "./changeName", "bobby")
     server.login("alice")
-    server.expect("channel:channel1:onlineList:")
-    server.expect("channel:channel1:activity:")
-    server.expect("individual:alice:menu:")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:当前在线人数为1人")
+    server.answer("channel:channel1:activity:", ACTIVITY_FRAME.rstrip("\n"))
+    server.answer("individual:alice:menu:", MENU_FRAME.rstrip("\n"))
     server.expect("individual:alice:changeName:bobby")
     server.send("individual:bobby:changeName1:bobby")
     chat.wait_for_output("你当前昵称为: bobby")
     chat.type("./MENU")
-    server.expect("individual:bobby:menu:")
+    server.answer("individual:bobby:menu:", MENU_FRAME.replace("alice", "bobby").rstrip("\n"))
     chat.type("./cd5")
     server.expect("channel:channel1:quit:")
     server.close()
@@ -643,7 +653,9 @@ def test_end_of_input_before_any_nickname_quits(server, start_client):
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
-    assert chat.finish()[0] == 0
+    status, output = chat.finish()
+    assert status == 0
+    assert output.endswith("Enter your nickname: \nBye\n")  # the goodbye on a line of its own
 
 
 def test_ctrl_c_quits_like_quit(server, start_client):
@@ -728,7 +740,7 @@ def test_an_unparseable_frame_is_shown_and_the_client_keeps_working(server, star
     server.send("channel:channel1:bob:still here")
     chat.wait_for_output("< bob >still here")
     chat.type("hello")
-    server.expect("channel:channel1::hello")
+    server.chat("alice", "hello")
     chat.type("./quit")
     server.expect("channel:channel1:quit:")
     server.close()
@@ -885,6 +897,74 @@ def test_main_parses_the_documented_options():
 
 
 # --- the program against the live server (tests/conftest.py: chat_server, connect) --------
+
+
+def test_at_the_end_of_input_the_client_waits_for_the_echo_of_its_last_line(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    # Waiting for something not to happen needs a bound: the client must not quit before the echo.
+    server.conn.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        server.recv()
+    server.conn.settimeout(TIMEOUT)
+    server.send("channel:channel1:alice:hello")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(r"< alice > hello\nBye\n$", output)
+
+
+def test_at_the_end_of_input_a_server_that_does_not_answer_is_not_waited_for_long(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello", "/who")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    server.expect("individual:alice:who:")
+    server.expect("channel:channel1:quit:")  # within the bound (FakeServer's TIMEOUT is longer)
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert output.endswith("Bye\n")
+
+
+def test_the_server_going_away_before_answering_the_last_lines_exits_1(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    server.close()
+    status, output = chat.finish()
+    assert status == 1
+    assert output.endswith("The server closed the connection\n")
+
+
+def test_live_every_line_of_a_pipe_is_answered_before_the_client_leaves(chat_server, connect, start_client):
+    bob = connect()
+    bob.login("bob")
+    chat = start_client(chat_server.port, "--name", "alice")
+    chat.wait_for_output("Your nickname is now: alice")
+    chat.type("/who", "/msg bob psst", "./online", "/top", "./menu", "/msg nobody hi", "first", "last")
+    chat.end_input()
+    bob.expect("channel:channel1:系统消息:User left: alice\n")
+    status, output = chat.finish()
+    assert status == 0
+    for answer in (
+        "< System > Online (2): alice, bob\n",
+        "[private] < you -> bob > psst\n",
+        "Users online: 2\n",
+        "Activity ranking",
+        "./cd1 or ./menu",
+        "There is no user < nobody >\n",
+        "< alice > first\n",
+    ):
+        assert answer in output, answer
+    assert re.search(r"< alice > last\nBye\n$", output)
 
 
 def test_live_nickname_message_online_and_quit(chat_server, connect, start_client):
@@ -1186,7 +1266,7 @@ def test_name_option_skips_the_prompt(server, start_client):
     chat = start_client(server.port, "--name", "alice")
     server.login("alice")
     chat.type("hi")
-    server.expect("channel:channel1::hi")
+    server.chat("alice", "hi")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -1215,19 +1295,15 @@ def test_slash_commands_are_sent_and_local_ones_are_not(server, start_client):
     chat.type(
         "/help", "/bogus", "/msg bob", "/who", "/msg bob hi there", "/top", "/online", "//x", "/nick bobby"
     )
-    for payload in (
-        "individual:alice:who:",
-        "individual:bob::hi there",
-        "channel:channel1:activity:",
-        "channel:channel1:onlineList:",
-        "channel:channel1::/x",
-        "individual:alice:changeName:bobby",
-    ):
-        server.expect(payload)
-    server.send("individual:bobby:changeName1:bobby")
+    server.answer("individual:alice:who:", "individual:alice:系统消息:Online (1): alice")
+    server.answer("individual:bob::hi there", "individual:bob:privateSent:hi there")
+    server.answer("channel:channel1:activity:", "channel:channel1:系统消息:Activity ranking\n #1 : alice (2)\n")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:Users online: 1")
+    server.chat("alice", "/x")
+    server.answer("individual:alice:changeName:bobby", "individual:bobby:changeName1:bobby")
     chat.wait_for_output("Your nickname is now: bobby")
     chat.type("/who", "/quit")
-    server.expect("individual:bobby:who:")
+    server.answer("individual:bobby:who:", "individual:bobby:系统消息:Online (1): bobby")
     server.expect("channel:channel1:quit:")
     server.close()
     status, output = chat.finish()
@@ -1266,7 +1342,7 @@ def test_pipe_mode_reconnects_only_when_asked_and_takes_the_name_back(server, st
     chat.type("while away")  # held, sent once the name is back
     server.expect("individual::changeNameFirst:alice")
     server.send("individual:alice:changeNameFirst1:alice")
-    server.expect("channel:channel1::while away")
+    server.chat("alice", "while away")
     sent = int(datetime.now().timestamp())
     server.send(f"history:{sent - 1}:bob:before")  # seen before the break: not shown again
     server.send(f"history:{sent}:bob:during")
@@ -1292,7 +1368,7 @@ def test_a_name_taken_while_away_is_said_and_asked_again(server, start_client):
     chat.type("alice2")
     server.login("alice2")
     chat.type("hi")
-    server.expect("channel:channel1::hi")
+    server.chat("alice2", "hi")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -1376,3 +1452,68 @@ def test_the_zh_banner_names_what_cd4_does():
     assert " * ./cd3 或 ./online 在线用户数量查询" in banner
     # The server's menu stays the original's, byte for byte.
     assert "*./cd4 或 ./ activity 查询活跃排行\n" in client.text("zh", "menu")
+
+
+# --- what the server still owes us (Awaited) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        ("channel:channel1::hello", client.ECHO),
+        ("channel:channel1:onlineList:", client.COUNT),
+        ("channel:channel1:activity:", client.RANKING),
+        ("individual:alice:who:", client.NOTICE),
+        ("individual:alice:menu:", client.NOTICE),
+        ("individual:bob::psst", client.PRIVATE_ECHO),
+        ("individual:alice:changeName:bobby", client.RENAME),
+        ("individual::changeNameFirst:alice", None),  # wait_for_answer waits for that one
+        ("channel:channel1:quit:", None),
+    ],
+)
+def test_what_a_request_waits_for(payload, kind):
+    assert client.request_kind(payload) == kind
+
+
+@pytest.mark.parametrize(
+    ("payload", "answers"),
+    [
+        ("channel:channel1:alice:hello\n", (client.ECHO,)),
+        ("channel:channel1:alice:Users online: 2\n", (client.COUNT, client.ECHO)),
+        ("channel:channel1:alice:当前在线人数为2人\n", (client.COUNT, client.ECHO)),
+        ("channel:channel1:bob:hello\n", ()),
+        ("channel:channel1:系统消息:Activity ranking\n #1 : bob (3)\n\n", (client.RANKING,)),
+        (ACTIVITY_FRAME, (client.RANKING,)),
+        ("channel:channel1:系统消息:User < bob > joined!\n", ()),
+        ("individual:bob:privateSent:psst\n", (client.PRIVATE_ECHO,)),
+        ("individual:bob:private:psst\n", ()),
+        ("individual:bobby:changeName1:bobby\n", (client.RENAME,)),
+        ("individual:alice:changeNameFirst0:That name is taken\n", (client.RENAME,)),
+        ("individual:alice:系统消息:Online (1): alice\n", client.NOTICE_ANSWERS),
+        ("信息格式错误\n", client.NOTICE_ANSWERS),  # the original server's answer to a mark it does not know
+        (f"history:{int(NOW.timestamp())}:alice:hello\n", ()),
+    ],
+)
+def test_which_request_a_frame_answers(payload, answers):
+    assert parse_frame(payload, "en", NOW, me="alice").answers == answers
+
+
+def test_a_notice_answers_a_request_that_has_no_answer_of_its_own():
+    awaited = client.Awaited()
+    for kind in (client.ECHO, client.NOTICE, client.PRIVATE_ECHO):
+        awaited.sent(kind)
+    assert awaited.answer((client.ECHO,))
+    assert not awaited.answer((client.ECHO,))  # another user's echo of the same: nothing owed
+    assert awaited.answer(client.NOTICE_ANSWERS)  # the who reply
+    assert awaited
+    assert awaited.answer(client.NOTICE_ANSWERS)  # "There is no user < bob >"
+    assert not awaited
+    assert not awaited.answer(client.NOTICE_ANSWERS)  # unprompted
+
+
+def test_nothing_is_owed_on_a_connection_that_is_gone():
+    awaited = client.Awaited()
+    awaited.sent(client.COUNT)
+    assert awaited.pending(client.COUNT)
+    awaited.clear()
+    assert not awaited and not awaited.pending(client.COUNT)
