@@ -399,7 +399,7 @@ def _is_ranking(message: str) -> bool:
     return any(first.endswith(title) for title in TEXTS["activity_title"].values())
 
 
-def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incoming:
+def parse_frame(payload: str, lang: str, now: datetime, me: str = "", *, counting: bool = False) -> Incoming:
     """Turn one payload from the server into the lines to print and the state change.
 
     Rendering follows the Go client's ``readMsg``; in ``lang="zh"`` the lines
@@ -407,7 +407,8 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
     prints (apart from control characters, which :func:`sanitize` makes
     visible, a user's text of several lines, whose further lines are
     indented, and the fixes below).  ``me`` is our current name: our own chat
-    lines are styled apart.
+    lines are styled apart.  ``counting``: we asked for the online count and
+    it has not come yet.
     """
     stamp = _stamp(lang, now)
     parts = split_message(payload)
@@ -454,7 +455,13 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
             incoming = _system(lang, "system_broadcast", stamp, text=shown)
             return incoming._replace(answers=(RANKING,) if _is_ranking(message) else ())
         own = bool(me) and mark == me
-        answers = ((COUNT, ECHO) if _COUNT_TEXT.fullmatch(message) else (ECHO,)) if own else ()
+        our_count = own and _COUNT_TEXT.fullmatch(message) is not None
+        answers = (COUNT, ECHO) if our_count else (ECHO,) if own else ()
+        if our_count and counting:
+            # Original: "< alice >当前在线人数为2人", as if the asker had said it:
+            # the count comes as channel:channel1:<asker>:<text>.  We know we
+            # asked, so it is the server speaking.
+            return _system(lang, "system_broadcast", stamp, text=shown)._replace(answers=answers)
         return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message), answers=answers)
 
     if target_type == HISTORY:
@@ -1017,7 +1024,8 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             if not payload:
                 continue
             logger.debug("received %r", payload)
-            incoming = parse_frame(payload, session.lang, datetime.now(), session.name)
+            counting = session.awaited.pending(COUNT)
+            incoming = parse_frame(payload, session.lang, datetime.now(), session.name, counting=counting)
             if incoming.name is not None:
                 session.name = incoming.name
                 session.refresh_prompt()

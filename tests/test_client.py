@@ -596,20 +596,28 @@ def test_commands_are_case_insensitive_and_use_the_current_name(server, start_cl
     assert "请输入新的昵称:\n" in output
 
 
-def test_online_reply_is_shown(server, start_client):
+def test_the_reply_to_our_online_is_a_system_line(server, start_client):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice", "./online")
     server.login("alice")
     server.expect("channel:channel1:onlineList:")
     server.send("channel:channel1:alice:当前在线人数为2人")
-    chat.wait_for_output("< alice >当前在线人数为2人\n")
+    chat.wait_for_output("当前在线人数为2人\n")
+    chat.type("/online")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:当前在线人数为3人")
+    chat.wait_for_output("当前在线人数为3人\n")
+    server.send("channel:channel1:alice:当前在线人数为4人")  # nobody asked: alice said it
+    chat.wait_for_output("当前在线人数为4人\n")
     chat.type("./quit")
     server.expect("channel:channel1:quit:")
     server.close()
     status, output = chat.finish()
     assert status == 0
     assert re.search(STAMP + "< 系统消息 > 用户 < alice > 上线了!\n", output)
-    assert re.search(STAMP + "< alice >当前在线人数为2人\n", output)
+    # Original: "< alice >当前在线人数为2人", as if alice had said it.
+    assert re.search(STAMP + "< 系统消息 > 当前在线人数为2人\n", output)
+    assert re.search(STAMP + "< 系统消息 > 当前在线人数为3人\n", output)
+    assert re.search(STAMP + "< alice >当前在线人数为4人\n", output)
 
 
 def test_quit_waits_for_the_server_to_close_and_exits_0(server, start_client):
@@ -957,7 +965,7 @@ def test_live_every_line_of_a_pipe_is_answered_before_the_client_leaves(chat_ser
     for answer in (
         "< System > Online (2): alice, bob\n",
         "[private] < you -> bob > psst\n",
-        "Users online: 2\n",
+        "< System > Users online: 2\n",
         "Activity ranking",
         "./cd1 or ./menu",
         "There is no user < nobody >\n",
@@ -974,7 +982,7 @@ def test_live_nickname_message_online_and_quit(chat_server, connect, start_clien
     chat.type("alice", "hello", "./online")
     bob.expect("channel:channel1:alice:hello\n")
     chat.wait_for_output("< alice > hello\n")
-    chat.wait_for_output("Users online: 2")
+    chat.wait_for_output("< System > Users online: 2\n")
     chat.type("./quit")
     status, output = chat.finish()
     assert status == 0
@@ -1517,3 +1525,25 @@ def test_nothing_is_owed_on_a_connection_that_is_gone():
     assert awaited.pending(client.COUNT)
     awaited.clear()
     assert not awaited and not awaited.pending(client.COUNT)
+
+
+@pytest.mark.parametrize(
+    ("payload", "me", "counting", "en", "zh"),
+    [
+        # Our own count, asked for: the server speaks.
+        ("channel:channel1:alice:Users online: 2\n", "alice", True, "< System > Users online: 2", None),
+        ("channel:channel1:alice:当前在线人数为2人\n", "alice", True, None, "< 系统消息 > 当前在线人数为2人"),
+        # Not asked for, someone else's (the original server broadcasts every count), or not a count: chat.
+        ("channel:channel1:alice:Users online: 2\n", "alice", False, "< alice > Users online: 2", None),
+        ("channel:channel1:bob:当前在线人数为2人\n", "alice", True, None, "< bob >当前在线人数为2人"),
+        ("channel:channel1:alice:Users online: many\n", "alice", True, "< alice > Users online: many", None),
+        ("channel:channel1:alice:hello\n", "alice", True, "< alice > hello", None),
+    ],
+)
+def test_only_the_count_we_asked_for_is_a_system_line(payload, me, counting, en, zh):
+    lang, shown = ("en", en) if en is not None else ("zh", zh)
+    incoming = parse_frame(payload, lang, NOW, me, counting=counting)
+    assert incoming.lines == ((T if lang == "zh" else "[15:04] ") + shown,)
+    is_system = shown.startswith(("< System >", "< 系统消息 >"))
+    assert ("system" in {style for style, _ in incoming.styled[0]}) is is_system
+    assert (incoming.public is None) is is_system  # a count is no chat line
