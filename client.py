@@ -625,6 +625,29 @@ def _limited(payload: str, message: str, limit: int, lang: str) -> Action:
     return Action(payload)
 
 
+# /msg's name: a word, or anything in "double" or 'single' quotes (a name may
+# have inner spaces), then white space and the text.
+_QUOTED_TARGET = re.compile(r"""(?P<quote>["'])(?P<name>.+?)(?P=quote)(?:\s+(?P<text>.*))?""", re.DOTALL)
+_PLAIN_TARGET = re.compile(r"(?P<name>\S+)(?:\s+(?P<text>.*))?", re.DOTALL)
+
+
+def split_target(rest: str) -> tuple[str, str] | None:
+    """``NAME TEXT``, ``"A NAME" TEXT`` or ``'A NAME' TEXT`` -> (name, text); None without both.
+
+    No escapes: a name with one kind of quote goes in the other kind.
+    Original: none (the Go client had no private messages); before quoting,
+    ``/msg a b c hi`` could only address ``a``.
+    """
+    rest = rest.lstrip()
+    quoted = rest[:1] in ("'", '"')
+    match = (_QUOTED_TARGET if quoted else _PLAIN_TARGET).fullmatch(rest)
+    if match is None:
+        return None
+    if not match["text"]:
+        return None
+    return match["name"], match["text"]
+
+
 def slash_command(line: str, name: str, lang: str = "en") -> Action:
     """A ``/command`` line (trimmed, starting with one ``/``): what to send or say."""
     words = line.split(maxsplit=2)
@@ -644,12 +667,12 @@ def slash_command(line: str, name: str, lang: str = "en") -> Action:
         # Without a name, as ./cd2: the next line is the new name.
         return nickname_action(rest, lang, name) if rest else Action(ask_new_name=True)
     if command == "/msg":
-        if len(words) < 3:
+        addressed = split_target(rest)
+        if addressed is None:
             return Action(notice=text(lang, "usage_msg"))
-        target = words[1]
+        target, message = addressed
         if ":" in target:  # it would shift the server's 4-way split
             return Action(notice=text(lang, "bad_target"))
-        message = words[2]
         payload = join_message(INDIVIDUAL, target, PRIVATE, message)
         return _limited(payload, message, private_limit(name, target), lang)
     return Action(notice=text(lang, "unknown_command", command=sanitize(words[0])))

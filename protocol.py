@@ -238,6 +238,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "指令(不区分大小写):\n"
             "  /help                 本帮助\n"
             "  /msg 名字 内容        私聊\n"
+            '  /msg "名 字" 内容     名字含空格时用引号(" 或 \')括起\n'
             "  /who                  在线用户列表\n"
             "  /online               在线用户数量    (./cd3 或 ./online)\n"
             "  /top                  活跃排行        (./cd4 或 ./activity)\n"
@@ -250,6 +251,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Commands (case-insensitive):\n"
             "  /help                 this help\n"
             "  /msg NAME TEXT        a private message to NAME\n"
+            '  /msg "A NAME" TEXT    to a name with spaces (or in \'single\' quotes)\n'
             "  /who                  who is online\n"
             "  /online               how many users are online  (./cd3 or ./online)\n"
             "  /top                  activity ranking           (./cd4 or ./activity)\n"
@@ -263,7 +265,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "未知指令 {command}, 输入 /help 查看指令",
         "en": "Unknown command {command}; /help lists the commands",
     },
-    "usage_msg": {"zh": "用法: /msg 名字 内容", "en": "Usage: /msg NAME TEXT"},
+    "usage_msg": {
+        "zh": '用法: /msg 名字 内容, 名字含空格时加引号: /msg "名 字" 内容',
+        "en": 'Usage: /msg NAME TEXT, or /msg "A NAME" TEXT for a name with spaces',
+    },
     "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
     "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
     "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},

@@ -1176,6 +1176,13 @@ def test_colours_only_on_a_terminal_without_no_color(option, environ, terminal, 
         ("/msg bob hi there", "individual:bob::hi there"),
         ("/Msg bob   two  spaces ", "individual:bob::two  spaces"),
         ("/msg bob a:b", "individual:bob::a:b"),
+        ("/msg a b c hi", "individual:a::b c hi"),  # unquoted, the name is the first word
+        ('/msg "a b" hi', "individual:a b::hi"),
+        ("/msg 'a b' hi there", "individual:a b::hi there"),
+        ('/msg  "a  b"   spaced  out ', "individual:a  b::spaced  out"),
+        ('/msg "it\'s me" hi', "individual:it's me::hi"),
+        ("/msg 'say \"hi\"' ok", 'individual:say "hi"::ok'),
+        ('/msg "bob" "quoted text"', 'individual:bob::"quoted text"'),
         ("//slash", "channel:channel1::/slash"),
         ("//", "channel:channel1::/"),
         ("./cd3", "channel:channel1:onlineList:"),  # the Go client's forms keep working
@@ -1201,14 +1208,34 @@ def test_slash_help_lists_both_forms_and_sends_nothing():
     assert "./cd4" in parse_line("/HELP", "alice", "zh").notice
 
 
+def test_help_says_how_to_quote_a_name_with_spaces():
+    assert '/msg "A NAME" TEXT' in parse_line("/help", "alice", "en").notice
+    assert '/msg "名 字" 内容' in parse_line("/help", "alice", "zh").notice
+    assert parse_line("/msg", "alice", "zh").notice == '用法: /msg 名字 内容, 名字含空格时加引号: /msg "名 字" 内容'
+
+
+def test_a_quoted_names_private_limit_is_that_names():
+    limit = client.private_limit("alice", "a b")
+    assert parse_line('/msg "a b" ' + "x" * limit, "alice").payload == "individual:a b::" + "x" * limit
+    assert parse_line('/msg "a b" ' + "x" * (limit + 1), "alice").payload is None
+
+
+USAGE_MSG = 'Usage: /msg NAME TEXT, or /msg "A NAME" TEXT for a name with spaces'
+
+
 @pytest.mark.parametrize(
     ("line", "notice"),
     [
         ("/frobnicate now", "Unknown command /frobnicate; /help lists the commands"),
         ("/", "Unknown command /; /help lists the commands"),
-        ("/msg", "Usage: /msg NAME TEXT"),
-        ("/msg bob", "Usage: /msg NAME TEXT"),
+        ("/msg", USAGE_MSG),
+        ("/msg bob", USAGE_MSG),
+        ('/msg "a b"', USAGE_MSG),
+        ('/msg "a b hi', USAGE_MSG),  # not closed
+        ('/msg "" hi', USAGE_MSG),
+        ('/msg "a b"hi', USAGE_MSG),
         ("/msg a:b hi", "A name cannot contain ':'"),
+        ("/msg 'a:b c' hi", "A name cannot contain ':'"),
     ],
 )
 def test_bad_slash_commands_are_told_locally_and_send_nothing(line, notice):
@@ -1318,7 +1345,7 @@ def test_slash_commands_are_sent_and_local_ones_are_not(server, start_client):
     assert status == 0
     assert "/msg NAME TEXT" in output and "./cd1 or ./menu" in output
     assert "Unknown command /bogus" in output
-    assert "Usage: /msg NAME TEXT" in output
+    assert USAGE_MSG in output
 
 
 def test_no_colours_when_stdout_is_not_a_terminal(server, start_client):
