@@ -384,8 +384,11 @@ def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
 
 def _pattern(key: str, **fields: str) -> re.Pattern[str]:
     """A server text of either language as a regex; ``fields`` are the regexes of its fields."""
-    escaped = (re.escape(template).replace(r"\{", "{").replace(r"\}", "}") for template in TEXTS[key].values())
-    return re.compile("|".join(f"(?:{template.format(**fields)})" for template in escaped))
+    patterns = []
+    for template in TEXTS[key].values():
+        escaped = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")  # the fields stay fields
+        patterns.append(f"(?:{escaped.format(**fields)})")
+    return re.compile("|".join(patterns))
 
 
 # The server's online count, in either language (the server's may differ from ours).
@@ -583,6 +586,8 @@ class Action(NamedTuple):
     quit: bool = False
     #: A text to print locally (nothing is sent).
     notice: str | None = None
+    #: Refused for its length: a terminal keeps the line, to be shortened.
+    too_long: bool = False
 
 
 # Keys are casefolded: Go compares with strings.EqualFold.
@@ -619,10 +624,15 @@ def private_limit(name: str, target: str) -> int:
     return MAX_FRAME - max(len(frame.encode("utf-8")) for frame in frames)
 
 
+def _too_long(length: int, limit: int, lang: str) -> Action:
+    # Both limits: the text's, and the one every payload has (the README's).
+    notice = text(lang, "text_too_long", length=length, limit=limit, frame=MAX_FRAME)
+    return Action(notice=notice, too_long=True)
+
+
 def _limited(payload: str, message: str, limit: int, lang: str) -> Action:
-    if len(message.encode("utf-8")) > limit:
-        return Action(notice=text(lang, "too_long", limit=limit))
-    return Action(payload)
+    length = len(message.encode("utf-8"))
+    return _too_long(length, limit, lang) if length > limit else Action(payload)
 
 
 # /msg's name: a word, or anything in "double" or 'single' quotes (a name may
@@ -714,10 +724,8 @@ def nickname_action(nick: str, lang: str = "en", current: str | None = None) -> 
         payload = join_message(INDIVIDUAL, "", CHANGE_NAME_FIRST, nick)
     else:
         payload = join_message(INDIVIDUAL, current, CHANGE_NAME, nick)
-    if len(payload.encode("utf-8")) > MAX_FRAME:
-        limit = MAX_FRAME - (len(payload.encode("utf-8")) - len(nick.encode("utf-8")))
-        return Action(notice=text(lang, "too_long", limit=limit))
-    return Action(payload)
+    envelope = len(payload.encode("utf-8")) - len(nick.encode("utf-8"))
+    return _limited(payload, nick, MAX_FRAME - envelope, lang)
 
 
 # --- the session: shared by the threads ----------------------------------------
@@ -900,6 +908,21 @@ class Session:
         if self.terminal is not None:
             self.terminal.refresh()
 
+    def refusal(self, typed: str) -> str | None:
+        """Why the terminal keeps ``typed`` in the input line rather than take it, or None.
+
+        Only for a line too long to send: the user shortens it instead of
+        typing it again.  Original: none (it sent any length).
+        """
+        line = go_trim_space(typed)
+        if self.prompt_key == "ask_name":
+            action = nickname_action(line, self.lang)
+        elif self.prompt_key == "ask_new_name":
+            action = nickname_action(line, self.lang, self.name)
+        else:
+            action = parse_line(line, self.name, self.lang)
+        return action.notice if action.too_long else None
+
     def prompt_text(self) -> str:
         """The terminal's prompt, with ANSI colours when the session has them."""
         if self.prompt_key is not None:
@@ -926,13 +949,26 @@ class Terminal:
     #: Longest wait for one write to reach the screen before writing directly.
     WRITE_TIMEOUT = 5.0
 
-    def __init__(self, inbox: Inbox, message: Callable[[], str]) -> None:
+    def __init__(
+        self, inbox: Inbox, message: Callable[[], str], refusal: Callable[[str], str | None] = lambda _: None
+    ) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.formatted_text import ANSI
+        from prompt_toolkit.validation import ValidationError, Validator
+
+        class Refusal(Validator):
+            # A line refused (too long) is not taken: it stays in the input
+            # line, the reason shown under it, until the user has shortened it.
+            def validate(self, document) -> None:
+                reason = refusal(document.text)
+                if reason is not None:
+                    raise ValidationError(cursor_position=len(document.text), message=reason)
 
         self._inbox = inbox
         # The input line is erased when it is sent: the server's echo shows it.
-        self._session: PromptSession[str] = PromptSession(erase_when_done=True)
+        self._session: PromptSession[str] = PromptSession(
+            erase_when_done=True, validator=Refusal(), validate_while_typing=False
+        )
         self._message = lambda: ANSI(message())
         self._loop = asyncio.new_event_loop()
         self._done = asyncio.Event()
@@ -1509,7 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
     reconnect = interactive if args.reconnect is None else args.reconnect
     session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect)
     if interactive:
-        session.terminal = Terminal(session.inbox, session.prompt_text)
+        session.terminal = Terminal(session.inbox, session.prompt_text, session.refusal)
         session.prompt_key = None if args.name else "ask_name"
     try:
         session.notice("connected")

@@ -342,9 +342,15 @@ def test_a_chat_text_whose_broadcast_the_go_clients_cannot_decode_is_not_sent():
     assert len(b"channel:channel1:alice:") + limit + 1 == MAX_FRAME
     assert parse_line("x" * limit, "alice").payload == "channel:channel1::" + "x" * limit
     refused = parse_line("x" * (limit + 1), "alice", "en")
-    assert refused.payload is None
-    assert refused.notice == f"Message too long: at most {limit} bytes"
-    assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == f"信息过长,最多{limit}字节"
+    assert (refused.payload, refused.too_long) == (None, True)
+    # The limit of the text, and the README's limit of every payload: 4092 bytes.
+    assert refused.notice == (
+        f"Message too long: {limit + 1} bytes of text, at most {limit}"
+        " (with the names and other fields, at most 4092 bytes are sent)"
+    )
+    assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == (
+        f"信息过长: 内容{(limit // 3 + 1) * 3}字节, 最多{limit}字节(连同昵称等字段, 每条信息最多4092字节)"
+    )
 
 
 def test_nickname_payloads():
@@ -359,8 +365,8 @@ def test_an_empty_nickname_sends_nothing():
 
 def test_an_oversized_nickname_is_not_sent():
     action = nickname_action("n" * MAX_FRAME, "en")
-    assert action.payload is None
-    assert action.notice.startswith("Message too long")
+    assert (action.payload, action.too_long) == (None, True)
+    assert action.notice.startswith(f"Message too long: {MAX_FRAME} bytes of text, at most ")
 
 
 def test_input_is_trimmed_as_go_trims_it():
@@ -408,7 +414,7 @@ class FakeServer:
         self.conn.sendall(encode(payload + "\n"))
 
     def answer(self, payload: str, *answers: str) -> None:
-        """Expect a request, then answer it as a server does (the client waits for answers before it leaves)."""
+        """Expect a request, then answer it as a server does (the client awaits answers before leaving)."""
         self.expect(payload)
         for answer in answers:
             self.send(answer)
@@ -1246,10 +1252,14 @@ def test_a_private_text_too_long_for_its_delivery_or_echo_is_not_sent():
     limit = client.private_limit("alice", "bob")
     assert limit == MAX_FRAME - len(b"individual:bob:privateSent:\n")
     assert parse_line("/msg bob " + "x" * limit, "alice").payload == "individual:bob::" + "x" * limit
-    assert (
-        parse_line("/msg bob " + "x" * (limit + 1), "alice").notice
-        == f"Message too long: at most {limit} bytes"
-    )
+    refused = parse_line("/msg bob " + "x" * (limit + 1), "alice")
+    assert refused.too_long
+    assert refused.notice.startswith(f"Message too long: {limit + 1} bytes of text, at most {limit} ")
+
+
+@pytest.mark.parametrize("line", ["hello", "/msg bob hi", "/frobnicate", "/msg", "./cd2", ""])
+def test_only_an_over_long_line_is_too_long(line):
+    assert not parse_line(line, "alice").too_long
 
 
 # --- history after a reconnect (HistoryFilter) ------------------------------------------------

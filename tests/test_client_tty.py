@@ -309,3 +309,21 @@ def test_a_forged_chat_message_cannot_pose_as_other_lines(scripted, terminal, co
     scripted.expect("channel:channel1:quit:")
     scripted.conn.close()
     assert term.finish() == 0
+
+
+def test_an_over_long_line_stays_in_the_input_line_to_be_shortened(chat_server, connect, terminal):
+    bob = connect()
+    bob.login("bob")
+    term = terminal(chat_server.port, "--name", "alice")
+    term.wait_for_prompt("alice>")
+    limit = client.chat_limit("alice")
+    term.send("x" * (limit + 5) + "\r")
+    term.wait_for(f"Message too long: {limit + 5} bytes of text, at most {limit}")
+    # The text is still being edited: not sent, not erased.
+    typed = term.text.split("Message too long")[0].split("alice> ", 1)[1]
+    assert typed.replace("\n", "") == "x" * (limit + 5), term.text
+    term.send("\x7f" * 5 + "\r")  # shortened by five: now it fits
+    bob.expect("channel:channel1:alice:" + "x" * limit + "\n")
+    term.wait(lambda: "Message too long" not in term.text, "the refusal gone")
+    term.send("\x04")
+    assert term.finish() == 0
