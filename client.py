@@ -4,7 +4,8 @@ The functions keep the names of their Go counterparts (``main``,
 ``getUserInput`` -> :func:`get_user_input`, ``readMsg`` -> :func:`read_msg`,
 the input goroutine -> :func:`input_loop`).  The threads::
 
-    main thread   connect; ask_nickname until the server accepts a name;
+    main thread   ask the first nickname; connect; ask_nickname until the
+                  server accepts a name;
                   input_loop: each typed line -> one payload -> one sendall;
                   when the server goes away: reconnect (if allowed), take
                   the name back, go on
@@ -792,11 +793,11 @@ class Inbox:
 
 
 class Session:
-    """The connection (replaced on reconnect), its send lock, our name, the output."""
+    """The connection (None until the first, replaced on reconnect), its send lock, our name, the output."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         lang: str,
         out=None,
         *,
@@ -820,8 +821,8 @@ class Session:
         #: Set before the quit payload goes out, so the reader knows the
         #: close that follows is expected.
         self.quitting = False
-        #: False between losing the connection and reconnecting.
-        self.connected = True
+        #: False before the first connection, and from losing one to reconnecting.
+        self.connected = sock is not None
         #: What the terminal's prompt asks for: a text key, or None for a chat line.
         self.prompt_key: str | None = None
         self.inbox = Inbox()
@@ -883,6 +884,8 @@ class Session:
 
     def hang_up(self) -> None:
         """Shut the socket down; a ``recv`` blocked in another thread returns."""
+        if self.sock is None:
+            return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -891,7 +894,8 @@ class Session:
     def attach(self, sock: socket.socket) -> None:
         """Use a new connection from now on (the old one is closed)."""
         old, self.sock = self.sock, sock
-        old.close()
+        if old is not None:
+            old.close()
         self.awaited.clear()
         self.quitting = False
         self.connected = True
@@ -928,7 +932,8 @@ class Session:
         if self.prompt_key is not None:
             asked = self.text(self.prompt_key)
             return asked if asked.endswith(" ") else asked + " "
-        offline = "" if self.connected else self.text("offline")
+        # Offline: a connection was lost, not yet made (the first nickname is asked before).
+        offline = self.text("offline") if self.sock is not None and not self.connected else ""
         name = sanitize(self.name)
         if self.colour and name:
             name = f"\x1b[1;{name_colour(name)}m{name}\x1b[0m"
@@ -1235,6 +1240,21 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         nick = None
 
 
+def first_nickname(session: Session) -> str:
+    """Ask for the first nickname, before connecting, until there is one that can be sent.
+
+    An empty one is asked again, one too long is said so; whether the
+    server takes it, :func:`ask_nickname` finds out once connected.
+    """
+    while True:
+        nick = get_user_input(session, "ask_name")
+        action = nickname_action(nick, session.lang)
+        if action.notice:
+            session.say(action.notice)
+        if action.payload is not None:
+            return nick
+
+
 def input_loop(session: Session) -> None:
     """Send what the user types until ``./quit`` (the Go client's input goroutine).
 
@@ -1530,26 +1550,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     _tolerant_stdout()
-    lang = args.lang
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
     address = (args.host, args.port)
-    try:
-        sock = open_connection(address)
-    except OSError as exc:
-        said = text(lang, "connect_failed", address=format_address(address), error=describe_error(exc))
-        print(said, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
     reconnect = interactive if args.reconnect is None else args.reconnect
-    session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect)
+    session = Session(None, args.lang, colour=colour, address=address, reconnect=reconnect)
     if interactive:
         session.terminal = Terminal(session.inbox, session.prompt_text, session.refusal)
         session.prompt_key = None if args.name else "ask_name"
     try:
-        session.notice("connected")
-        start_reader(session)
         if session.terminal is not None:
             session.terminal.start()
         else:
@@ -1557,12 +1566,30 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(
                 target=read_stdin, args=(session.inbox, 0, stdin_encoding), name="read_stdin", daemon=True
             ).start()
-        return converse(session, args.name)
+        try:
+            # Original: connected first, then asked, so the server's login
+            # deadline ran while the person typed.  Ask first, then connect.
+            name = args.name if args.name is not None else first_nickname(session)
+        except (EndOfInput, Interrupted, KeyboardInterrupt):
+            return leave(session)  # never connected: nothing to tell the server
+        try:
+            sock = open_connection(address)
+        except OSError as exc:
+            where = format_address(address)
+            session.show(session.text("connect_failed", address=where, error=describe_error(exc)))
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        session.attach(sock)
+        session.notice("connected")
+        start_reader(session)
+        return converse(session, name)
     finally:
         if session.terminal is not None:
             session.terminal.stop()
         session.hang_up()
-        session.sock.close()
+        if session.sock is not None:
+            session.sock.close()
 
 
 if __name__ == "__main__":

@@ -662,14 +662,56 @@ def test_end_of_input_quits_once_and_exits_0(server, start_client):
     assert "客户端信息读取错误" not in output
 
 
-def test_end_of_input_before_any_nickname_quits(server, start_client):
+def nobody_connected(server: FakeServer) -> bool:
+    """Whether no connection waits to be accepted (the kernel completes a connect before accept)."""
+    server.listener.settimeout(0)
+    try:
+        conn, _ = server.listener.accept()
+    except BlockingIOError:
+        return True
+    else:
+        conn.close()
+        return False
+    finally:
+        server.listener.settimeout(TIMEOUT)
+
+
+def test_the_nickname_is_asked_before_connecting(server, start_client):
+    # Original: connected, then asked, so the server's login deadline ran while the person typed.
     chat = start_client(server.port)
+    chat.wait_for_output("Enter your nickname: ")
+    assert nobody_connected(server)
+    chat.type("alice")
+    server.login("alice")
+    chat.wait_for_output("Your nickname is now: alice")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
     status, output = chat.finish()
     assert status == 0
-    assert output.endswith("Enter your nickname: \nBye\n")  # the goodbye on a line of its own
+    assert output.startswith("Enter your nickname: \nConnected to the server\n")
+
+
+def test_end_of_input_before_any_nickname_quits_without_connecting(server, start_client):
+    chat = start_client(server.port)
+    chat.end_input()
+    status, output = chat.finish()
+    assert status == 0
+    assert output == "Enter your nickname: \nBye\n"  # the goodbye on a line of its own
+    assert nobody_connected(server)
+
+
+def test_an_empty_nickname_is_asked_again_before_connecting(server, start_client):
+    chat = start_client(server.port)
+    chat.type("", "  ")
+    chat.wait_for_output("Enter your nickname: \nEnter your nickname: \nEnter your nickname: ")
+    assert nobody_connected(server)
+    chat.type("bob")
+    server.login("bob")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    assert chat.finish()[0] == 0
 
 
 def test_ctrl_c_quits_like_quit(server, start_client):

@@ -140,7 +140,9 @@ def terminal():
 def test_a_half_typed_line_survives_messages_arriving(chat_server, connect, terminal):
     term = terminal(chat_server.port)
     term.wait_for_prompt("Enter your nickname:")
+    assert "Connected to the server" not in term.text  # asked first, then connected
     term.send("alice\r")
+    term.wait_for("Connected to the server")
     term.wait_for("Your nickname is now: alice")
     term.wait_for(" Also: /help")  # the banner
     term.wait_for_prompt("alice>")
@@ -327,3 +329,12 @@ def test_an_over_long_line_stays_in_the_input_line_to_be_shortened(chat_server, 
     term.wait(lambda: "Message too long" not in term.text, "the refusal gone")
     term.send("\x04")
     assert term.finish() == 0
+
+
+def test_the_nickname_is_asked_before_connecting_even_with_no_server(terminal):
+    port = free_port()  # nothing listens there
+    term = terminal(port)
+    term.wait_for_prompt("Enter your nickname:")
+    term.send("alice\r")
+    term.wait_for(f"Could not connect to 127.0.0.1:{port}: connection refused")
+    assert term.finish() == 1
