@@ -1118,7 +1118,6 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
         logger.debug("connection lost: %s", exc)
     finally:
         session.history.lost(time.time())
-        session.awaited.clear()
         session.connected = False
         session.refresh_prompt()
         if malformed is not None:
@@ -1317,6 +1316,7 @@ def reconnect(session: Session) -> None:
     so a server that accepts and at once closes is not hammered either.
     """
     session.connected = False
+    session.awaited.clear()  # what the lost connection owed will never come
     session.refresh_prompt()
     while True:
         session.attempts += 1
@@ -1376,7 +1376,9 @@ def wait_for_answers(session: Session) -> bool:
     :class:`Interrupted` on Ctrl-C.
     """
     start = last = time.monotonic()
-    while session.connected and session.awaited:
+    # Until the main thread has taken the connection's CLOSED, what it owed is
+    # still counted: a loss the reader saw first is found in the Inbox.
+    while session.awaited:
         remaining = min(last + ANSWER_TIMEOUT, start + ANSWERS_MAX_WAIT) - time.monotonic()
         if remaining <= 0:
             logger.debug("gave up waiting for the server's answers")
@@ -1429,7 +1431,7 @@ def converse(session: Session, name: str | None = None) -> int:
             # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
             pass
         # ./quit, or the end of input: the answers first (not on Ctrl-C: out now).
-        if session.connected and not wait_for_answers(session):
+        if not wait_for_answers(session):
             return 1  # the server went away before answering
     except ServerGone:
         return 1
