@@ -821,6 +821,8 @@ class Session:
         #: Set before the quit payload goes out, so the reader knows the
         #: close that follows is expected.
         self.quitting = False
+        #: The welcome banner was shown (once per run, not per connection).
+        self.greeted = False
         #: False before the first connection, and from losing one to reconnecting.
         self.connected = sock is not None
         #: What the terminal's prompt asks for: a text key, or None for a chat line.
@@ -1229,6 +1231,13 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         if action.notice:
             session.say(action.notice)
         if action.payload is not None:
+            if not session.greeted:
+                # Before the first nickname goes out, as the Go client: so before
+                # anything the server sends once it is accepted (the history).
+                # Printed once the name was accepted, it came in the middle of
+                # the history the reader was printing meanwhile.
+                session.show(session.text("banner"), session.text("banner_slash"))
+                session.greeted = True
             session.send(action.payload)
             if wait_for_answer(session):
                 return
@@ -1337,13 +1346,12 @@ def reconnect(session: Session) -> None:
 
 
 def chat(session: Session, name: str | None = None) -> None:
-    """Nickname, banner, then chat until the user quits; reconnects if the session may.
+    """Nickname (and banner), then chat until the user quits; reconnects if the session may.
 
     Raises what ends the chat otherwise (:class:`ServerGone` when it may not
     reconnect, :class:`EndOfInput`, ...).
     """
     reclaim = False
-    greeted = False
     while True:
         try:
             if reclaim:
@@ -1353,9 +1361,6 @@ def chat(session: Session, name: str | None = None) -> None:
             elif not session.name:
                 ask_nickname(session, name)
             session.attempts = 0  # in the room again
-            if not greeted:
-                session.show(session.text("banner"), session.text("banner_slash"))
-                greeted = True
             input_loop(session)
             return
         except ServerGone:

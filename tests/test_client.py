@@ -568,6 +568,32 @@ def test_a_taken_first_nickname_is_asked_again(server, start_client, refusal):
     assert re.search(STAMP + "< 系统消息 > " + TAKEN + "\n请输入你的昵称:", output)
     assert re.search(STAMP + "你当前昵称为: bob\n", output)
     assert "未知错误" not in output
+    assert output.count("欢迎进入多人聊天室系统") == 1
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_banner_comes_before_anything_the_server_sends_after_the_nickname(server, start_client, lang):
+    chat = start_client(server.port, "--name", "alice", "--lang", lang)
+    server.expect("individual::changeNameFirst:alice")
+    sent = int(datetime.now().timestamp())
+    answer = [
+        "individual:alice:changeNameFirst1:alice",
+        "channel:channel1:系统消息:User < alice > joined!",
+        f"history:{sent - 60}:bob:first",
+        f"history:{sent - 30}:bob:second",
+    ]
+    server.conn.sendall(b"".join(encode(payload + "\n") for payload in answer))  # in one burst
+    chat.wait_for_output("second\n")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    banner = client.text(lang, "banner") + "\n" + client.text(lang, "banner_slash") + "\n"
+    assert output.count(banner) == 1
+    after = output.split(banner, 1)[1]
+    for shown in (client.text(lang, "your_name", name="alice"), "User < alice > joined!", "first", "second"):
+        assert shown in after, shown
 
 
 def test_lines_that_arrive_together_are_all_sent(server, start_client):
@@ -718,7 +744,7 @@ def test_ctrl_c_quits_like_quit(server, start_client):
     chat = start_client(server.port)
     chat.type("alice")
     server.login("alice")
-    chat.wait_for_output("Commands are case-insensitive")
+    chat.wait_for_output("Your nickname is now: alice")
     chat.proc.send_signal(signal.SIGINT)
     server.expect("channel:channel1:quit:")
     server.close()
@@ -733,7 +759,7 @@ def test_the_server_going_away_exits_non_zero(server, start_client, how):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice")  # stdin stays open: the client must not wait for it
     server.login("alice")
-    chat.wait_for_output("指令字母不区分大小写")  # the banner: the main thread is in the chat loop
+    chat.wait_for_output("你当前昵称为: alice")  # in the room
     server.reset() if how == "reset" else server.close()
     status, output = chat.finish()
     assert status == 1
@@ -1500,6 +1526,7 @@ def test_live_who_private_messages_and_history(chat_server, connect, start_clien
     status, output = chat.finish()
     assert status == 0
     assert re.search(r"#\d : alice \(\d+\)", output)
+    assert output.index("Commands are case-insensitive") < output.index("(history)")  # the banner first
 
 
 def test_reconnect_waits_double_each_attempt_up_to_10_s():
