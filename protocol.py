@@ -284,12 +284,10 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "reconnected": {"zh": "已重新连接服务器", "en": "Reconnected to the server"},
     "reclaim_refused": {"zh": "无法取回昵称 < {name} >", "en": "Could not take the name < {name} > back"},
+    # Short enough for the one line under a terminal's prompt (80 columns).
     "text_too_long": {
-        "zh": "信息过长: 内容{length}字节, 最多{limit}字节(连同昵称等字段, 每条信息最多{frame}字节)",
-        "en": (
-            "Message too long: {length} bytes of text, at most {limit}"
-            " (with the names and other fields, at most {frame} bytes are sent)"
-        ),
+        "zh": "信息过长: {length}字节, 最多{limit}字节(连同昵称等字段共{frame}字节)",
+        "en": "Message too long: {length} bytes, at most {limit} ({frame} with names and fields)",
     },
     "held_offline": {
         "zh": "未连接: 重新连接后发送",

@@ -344,12 +344,10 @@ def test_a_chat_text_whose_broadcast_the_go_clients_cannot_decode_is_not_sent():
     refused = parse_line("x" * (limit + 1), "alice", "en")
     assert (refused.payload, refused.too_long) == (None, True)
     # The limit of the text, and the README's limit of every payload: 4092 bytes.
-    assert refused.notice == (
-        f"Message too long: {limit + 1} bytes of text, at most {limit}"
-        " (with the names and other fields, at most 4092 bytes are sent)"
-    )
+    assert refused.notice == f"Message too long: {limit + 1} bytes, at most {limit} (4092 with names and fields)"
+    assert len(refused.notice) <= 80  # it must fit the line under a terminal's prompt
     assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == (
-        f"信息过长: 内容{(limit // 3 + 1) * 3}字节, 最多{limit}字节(连同昵称等字段, 每条信息最多4092字节)"
+        f"信息过长: {(limit // 3 + 1) * 3}字节, 最多{limit}字节(连同昵称等字段共4092字节)"
     )
 
 
@@ -366,7 +364,7 @@ def test_an_empty_nickname_sends_nothing():
 def test_an_oversized_nickname_is_not_sent():
     action = nickname_action("n" * MAX_FRAME, "en")
     assert (action.payload, action.too_long) == (None, True)
-    assert action.notice.startswith(f"Message too long: {MAX_FRAME} bytes of text, at most ")
+    assert action.notice.startswith(f"Message too long: {MAX_FRAME} bytes, at most ")
 
 
 def test_input_is_trimmed_as_go_trims_it():
@@ -1322,7 +1320,7 @@ def test_a_private_text_too_long_for_its_delivery_or_echo_is_not_sent():
     assert parse_line("/msg bob " + "x" * limit, "alice").payload == "individual:bob::" + "x" * limit
     refused = parse_line("/msg bob " + "x" * (limit + 1), "alice")
     assert refused.too_long
-    assert refused.notice.startswith(f"Message too long: {limit + 1} bytes of text, at most {limit} ")
+    assert refused.notice.startswith(f"Message too long: {limit + 1} bytes, at most {limit} ")
 
 
 @pytest.mark.parametrize("line", ["hello", "/msg bob hi", "/frobnicate", "/msg", "./cd2", ""])

@@ -320,7 +320,7 @@ def test_an_over_long_line_stays_in_the_input_line_to_be_shortened(chat_server, 
     term.wait_for_prompt("alice>")
     limit = client.chat_limit("alice")
     term.send("x" * (limit + 5) + "\r")
-    term.wait_for(f"Message too long: {limit + 5} bytes of text, at most {limit}")
+    term.wait_for(f"Message too long: {limit + 5} bytes, at most {limit} (4092 with names and fields)")
     # The text is still being edited: not sent, not erased.
     typed = term.text.split("Message too long")[0].split("alice> ", 1)[1]
     assert typed.replace("\n", "") == "x" * (limit + 5), term.text
