@@ -528,7 +528,7 @@ def request_kind(payload: str) -> str | None:
     parts = split_message(payload)
     if parts is None:
         return None
-    if parts.target_type == CHANNEL:
+    if parts.target_type == CHANNEL:  # a chat line's mark is empty, as a private message's
         return {PRIVATE: ECHO, ONLINE_LIST: COUNT, ACTIVITY: RANKING}.get(parts.mark)
     if parts.target_type == INDIVIDUAL:
         return {PRIVATE: PRIVATE_ECHO, WHO: NOTICE, MENU: NOTICE, CHANGE_NAME: RENAME}.get(parts.mark)
@@ -625,15 +625,13 @@ def private_limit(name: str, target: str) -> int:
     return MAX_FRAME - max(len(frame.encode("utf-8")) for frame in frames)
 
 
-def _too_long(length: int, limit: int, lang: str) -> Action:
-    # Both limits: the text's, and the one every payload has (the README's).
-    notice = text(lang, "text_too_long", length=length, limit=limit, frame=MAX_FRAME)
-    return Action(notice=notice, too_long=True)
-
-
 def _limited(payload: str, message: str, limit: int, lang: str) -> Action:
     length = len(message.encode("utf-8"))
-    return _too_long(length, limit, lang) if length > limit else Action(payload)
+    if length > limit:
+        # Both limits: the text's, and the one every payload has (the README's).
+        notice = text(lang, "text_too_long", length=length, limit=limit, frame=MAX_FRAME)
+        return Action(notice=notice, too_long=True)
+    return Action(payload)
 
 
 # /msg's name: a word, or anything in "double" or 'single' quotes (a name may
