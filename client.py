@@ -4,7 +4,8 @@ The functions keep the names of their Go counterparts (``main``,
 ``getUserInput`` -> :func:`get_user_input`, ``readMsg`` -> :func:`read_msg`,
 the input goroutine -> :func:`input_loop`).  The threads::
 
-    main thread   connect; ask_nickname until the server accepts a name;
+    main thread   ask the first nickname; connect; ask_nickname until the
+                  server accepts a name;
                   input_loop: each typed line -> one payload -> one sendall;
                   when the server goes away: reconnect (if allowed), take
                   the name back, go on
@@ -41,30 +42,43 @@ first nickname is asked again; stdin has one reader, so lines that arrive
 together are all sent; end of input quits instead of sending an error text
 every 100 ms; a payload that does not split into four fields is shown instead
 of stopping the reader; control characters from the network are made visible;
-the exit status says whether the user left (0) or the server went away (1).
+a user's text of several lines is indented under its sender, so it cannot
+pose as other lines; the exit status says whether the user left (0) or the
+server went away (1).
 """
 
 from __future__ import annotations
 
+import sys
+
+try:
+    # Checked first, so that a Python without the client's dependencies gets
+    # one line saying what to run instead of a traceback (prompt_toolkit is
+    # otherwise imported only once a terminal needs it).
+    import prompt_toolkit  # noqa: F401
+except ImportError:
+    sys.exit("client.py needs prompt_toolkit: run `make client`, or `pip install .` first")
+
 import argparse
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import queue
 import re
 import socket
 import string
-import sys
 import threading
 import time
+import unicodedata
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
 import framing
-from framing import MAX_FRAME, FrameError, FrameReader, InvalidUtf8
+from framing import MAX_FRAME, FrameError, FrameReader, FrameTooLarge, InvalidUtf8, NegativeLength
 from protocol import (
     ACTIVITY,
     BROADCAST,
@@ -99,6 +113,11 @@ DEFAULT_PORT = 9527
 CONNECT_TIMEOUT = 10.0
 #: How long ``./quit`` waits for the server to close the connection.
 QUIT_TIMEOUT = 2.0
+#: Before leaving, how long to wait for the answers to what was sent (see
+#: :func:`wait_for_answers`): at most this long without any answer, and at
+#: most ANSWERS_MAX_WAIT in all (the original server answers one message a second).
+ANSWER_TIMEOUT = QUIT_TIMEOUT
+ANSWERS_MAX_WAIT = 10.0
 #: Frames we accept from the server.  Larger than what the Go programs can
 #: decode (MAX_FRAME) on purpose: showing an oversized frame beats dropping
 #: the connection, and the stream stays in step either way.
@@ -120,7 +139,19 @@ CLOSED = "closed"  # the connection is gone, for whatever reason
 ACCEPTED = "accepted"  # the first nickname was accepted
 REFUSED = "refused"  # a nickname (first or later) was refused
 SERVER_QUIT = "quit"  # the server told us to leave (individual:...:quit:)
+ANSWERED = "answered"  # the server answered one of our requests (Awaited)
 _INPUT = (LINE, END_OF_INPUT)
+
+# What a request waits for: the kinds of answer (Awaited, request_kind, Incoming.answers).
+ECHO = "echo"  # our chat line, broadcast back to us too
+COUNT = "count"  # the online count
+RANKING = "ranking"  # the activity ranking
+NOTICE = "notice"  # a system message to us: the who list, the menu
+PRIVATE_ECHO = "private echo"  # the echo of our private message
+RENAME = "rename"  # changeName1, or the refusal
+#: A system message to us answers who or menu; else it is the refusal of, or
+#: an error about, some other request (too long, no such user, flooding...).
+NOTICE_ANSWERS = (NOTICE, PRIVATE_ECHO, ECHO, COUNT, RANKING, RENAME)
 
 
 # --- pure functions: no I/O ---------------------------------------------------
@@ -145,19 +176,42 @@ def _visible_controls() -> dict[int, str]:
     table = {code: "^" + chr(code + 0x40) for code in range(0x20) if code not in (0x09, 0x0A)}
     table[0x7F] = "^?"
     # C1 controls (0x9B is a one-byte CSI on some terminals) and the bidi
-    # embeddings, overrides and isolates that can make text read differently
-    # from what was sent.
-    for code in (*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
+    # controls that can make text read differently from what was sent: the
+    # embeddings, overrides and isolates, and the directional marks (LRM,
+    # RLM, ALM), which reorder the neutral characters around them.
+    marks = (0x200E, 0x200F, 0x061C)
+    for code in (*range(0x80, 0xA0), *marks, *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
         table[code] = f"<U+{code:04X}>"
     return table
 
 
 _VISIBLE = _visible_controls()
+# For fields that are one line by nature (names): line breaks too.
+_VISIBLE_INLINE = {**_VISIBLE, 0x0A: "^J", 0x2028: "<U+2028>", 0x2029: "<U+2029>"}
 
 
 def sanitize(value: str) -> str:
     """Make control characters visible, so a peer cannot move the cursor or recolour the terminal."""
     return value.translate(_VISIBLE)
+
+
+def sanitize_inline(value: str) -> str:
+    """:func:`sanitize`, and line breaks visible too: for a name, which must never span lines."""
+    return value.translate(_VISIBLE_INLINE)
+
+
+#: What a terminal, or a reader, may take for the start of a new line.
+LINE_BREAKS = re.compile("\r\n|[\n\r\v\f\x85\u2028\u2029]")
+
+
+def display_width(value: str) -> int:
+    """The columns a terminal gives ``value``: two for a wide CJK character, none for a combining mark."""
+    width = 0
+    for char in value:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
 
 
 def timestamp(lang: str, now: datetime) -> str:
@@ -254,6 +308,8 @@ class Incoming(NamedTuple):
     public: tuple[str, str] | None = None
     #: For a history line: the server's unix time of the message.
     sent_at: int | None = None
+    #: The kinds of request this frame may answer, most likely first (see Awaited).
+    answers: tuple[str, ...] = ()
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -292,16 +348,33 @@ def _system(lang: str, key: str, stamp: Line, **values: object) -> Incoming:
     return Incoming((stamp + styled(lang, key, "system", **values),))
 
 
-def _chat_line(lang: str, name: str, message: str, own: bool, extra: str = "") -> Line:
+def _user_lines(
+    lead: Line, lang: str, key: str, style: str, text_style: str, message: str, **values: object
+) -> tuple[Line, ...]:
+    """A user's text (chat, private, history) as printed lines, each line of the text on its own.
+
+    The first: ``lead``, then text ``key`` filled with ``values`` and the
+    text's first line; the others indented to the column where the text
+    begins.  Original: printed the text as it came, so "ok\\n[21:13] < bob >
+    my password is hunter2" put a line on the screen that looks like bob
+    speaking; indented, no line of a user's text can start like a time and a
+    name.  ``message`` is raw: it is split, then made visible.
+    """
+    first, *more = LINE_BREAKS.split(message)
+    shown = sanitize(first)
+    line = lead + styled(lang, key, style, text=(text_style, shown), **values)
+    indent = " " * (display_width(plain(line)) - display_width(shown))
+    following = tuple(((style, indent), (text_style, sanitize(part))) if part else () for part in more)
+    return (line, *following)
+
+
+def _chat_lines(
+    lead: Line, lang: str, name: str, message: str, own: bool, extra: str = ""
+) -> tuple[Line, ...]:
     name_style = "name me" if own else "name"
-    text_style = "me" if own else ""
-    return styled(
-        lang,
-        "chat_line",
-        extra,
-        name=(f"{name_style} {extra}".strip(), name),
-        text=(f"{text_style} {extra}".strip(), message),
-    )
+    text_style = f"{'me' if own else ''} {extra}".strip()
+    name_value = (f"{name_style} {extra}".strip(), sanitize_inline(name))
+    return _user_lines(lead, lang, "chat_line", extra, text_style, message, name=name_value)
 
 
 def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
@@ -310,27 +383,50 @@ def _history_stamp(lang: str, sent: datetime, now: datetime) -> str:
     return text(lang, "stamp", time=shown)
 
 
-def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incoming:
+def _pattern(key: str, **fields: str) -> re.Pattern[str]:
+    """A server text of either language as a regex; ``fields`` are the regexes of its fields."""
+    patterns = []
+    for template in TEXTS[key].values():
+        escaped = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")  # the fields stay fields
+        patterns.append(f"(?:{escaped.format(**fields)})")
+    return re.compile("|".join(patterns))
+
+
+# The server's online count, in either language (the server's may differ from ours).
+_COUNT_TEXT = _pattern("online_count", count=r"\d+")
+
+
+def _is_ranking(message: str) -> bool:
+    # Its first line is the title, in either language; the original server
+    # puts the asker's text in front of it.
+    first = message.split("\n", 1)[0] + "\n"
+    return any(first.endswith(title) for title in TEXTS["activity_title"].values())
+
+
+def parse_frame(payload: str, lang: str, now: datetime, me: str = "", *, counting: bool = False) -> Incoming:
     """Turn one payload from the server into the lines to print and the state change.
 
     Rendering follows the Go client's ``readMsg``; in ``lang="zh"`` the lines
     of the original message kinds are, without styles, byte for byte what it
     prints (apart from control characters, which :func:`sanitize` makes
-    visible, and the fixes below).  ``me`` is our current name: our own chat
-    lines are styled apart.
+    visible, a user's text of several lines, whose further lines are
+    indented, and the fixes below).  ``me`` is our current name: our own chat
+    lines are styled apart.  ``counting``: we asked for the online count and
+    it has not come yet.
     """
     stamp = _stamp(lang, now)
     parts = split_message(payload)
     if parts is None:
         # Original: logged "无效的消息格式" and returned from readMsg, deaf
         # from then on (the server's "信息格式错误" has no colons at all).
-        return _system(lang, "system_broadcast", stamp, text=sanitize(payload.rstrip("\r\n")))
+        incoming = _system(lang, "system_broadcast", stamp, text=sanitize(payload.rstrip("\r\n")))
+        return incoming._replace(answers=NOTICE_ANSWERS)  # the original's "信息格式错误"
     target_type, target, mark, message = parts
     message = message.rstrip("\r\n")  # Go: strings.TrimRight(message, "\r\n")
 
     if target_type == INDIVIDUAL:
         target, mark, message = _unshift(target, mark, message)
-        shown_target, shown = sanitize(target), sanitize(message)
+        shown_target, shown = sanitize_inline(target), sanitize(message)
         name = ("name", shown_target)
         if mark == CHANGE_NAME_FIRST_OK:
             incoming = _system(lang, "your_name", stamp, name=name)
@@ -340,27 +436,37 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
                 stamp + styled(lang, "rename_ok", "system"),
                 stamp + styled(lang, "your_name", "system", name=name),
             )
-            return Incoming(lines, name=target)
+            return Incoming(lines, name=target, answers=(RENAME,))
         if mark in (NAME_REFUSED, RENAME_FAILED):
             # Original: no case for these, so "< 系统消息 > 未知错误" and the
             # user never saw why.  The reason is the server's text.
             reason = shown or text(lang, "name_taken" if mark == NAME_REFUSED else "rename_failed")
-            return _system(lang, "system_broadcast", stamp, text=reason)._replace(event=REFUSED)
+            incoming = _system(lang, "system_broadcast", stamp, text=reason)
+            return incoming._replace(event=REFUSED, answers=(RENAME,))
         if mark == QUIT:
             return _system(lang, "quitting", stamp)._replace(event=SERVER_QUIT)
         if mark == SYSTEM:
-            return _system(lang, "system_personal", stamp, text=shown)
+            return _system(lang, "system_personal", stamp, text=shown)._replace(answers=NOTICE_ANSWERS)
         if mark in (PRIVATE_IN, PRIVATE_SENT):
             key = "private_in" if mark == PRIVATE_IN else "private_out"
-            return Incoming((stamp + styled(lang, key, "private", name=name, text=("private", shown)),))
-        return _system(lang, "unknown_error", stamp)
+            shown_lines = _user_lines(stamp, lang, key, "private", "private", message, name=name)
+            return Incoming(shown_lines, answers=(PRIVATE_ECHO,) if mark == PRIVATE_SENT else ())
+        return _system(lang, "unknown_error", stamp)._replace(answers=NOTICE_ANSWERS)
 
     if target_type == CHANNEL:
         shown = sanitize(message)
         if mark == SYSTEM:
-            return _system(lang, "system_broadcast", stamp, text=shown)
+            incoming = _system(lang, "system_broadcast", stamp, text=shown)
+            return incoming._replace(answers=(RANKING,) if _is_ranking(message) else ())
         own = bool(me) and mark == me
-        return Incoming((stamp + _chat_line(lang, sanitize(mark), shown, own),), public=(mark, message))
+        our_count = own and _COUNT_TEXT.fullmatch(message) is not None
+        answers = (COUNT, ECHO) if our_count else (ECHO,) if own else ()
+        if our_count and counting:
+            # Original: "< alice >当前在线人数为2人", as if the asker had said it:
+            # the count comes as channel:channel1:<asker>:<text>.  We know we
+            # asked, so it is the server speaking.
+            return _system(lang, "system_broadcast", stamp, text=shown)._replace(answers=answers)
+        return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message), answers=answers)
 
     if target_type == HISTORY:
         # history:<unix seconds>:<sender>:<text>, sent after the first nickname.
@@ -370,11 +476,12 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
         except (ValueError, OverflowError, OSError):
             logger.debug("history line with a bad time: %r", payload)
             return Incoming(())
-        line = (
+        lead = (
             ("stamp history", _history_stamp(lang, sent, now)),
             ("history", text(lang, "history_mark")),
-        ) + _chat_line(lang, sanitize(mark), sanitize(message), bool(me) and mark == me, "history")
-        return Incoming((line,), public=(mark, message), sent_at=sent_at)
+        )
+        shown_lines = _chat_lines(lead, lang, mark, message, bool(me) and mark == me, "history")
+        return Incoming(shown_lines, public=(mark, message), sent_at=sent_at)
 
     # As the original: four fields of an unknown kind are not for us.
     return Incoming(())
@@ -416,6 +523,59 @@ class HistoryFilter:
         return True
 
 
+def request_kind(payload: str) -> str | None:
+    """What kind of answer a payload we send waits for (ECHO, COUNT, ...), or None."""
+    parts = split_message(payload)
+    if parts is None:
+        return None
+    if parts.target_type == CHANNEL:  # a chat line's mark is empty, as a private message's
+        return {PRIVATE: ECHO, ONLINE_LIST: COUNT, ACTIVITY: RANKING}.get(parts.mark)
+    if parts.target_type == INDIVIDUAL:
+        return {PRIVATE: PRIVATE_ECHO, WHO: NOTICE, MENU: NOTICE, CHANGE_NAME: RENAME}.get(parts.mark)
+    return None
+
+
+class Awaited:
+    """The answers the server still owes us on this connection, counted by kind.
+
+    The main thread counts a request as it sends it, the reader each answer
+    as it prints it (thread-safe).  An answer is matched by kind, not by
+    content: a system message can be the refusal of anything.
+    """
+
+    def __init__(self) -> None:
+        self._owed: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def sent(self, kind: str) -> None:
+        """A request that waits for an answer of ``kind`` went out."""
+        with self._lock:
+            self._owed[kind] += 1
+
+    def answer(self, kinds: tuple[str, ...]) -> bool:
+        """A frame that may answer ``kinds`` (most likely first) arrived: True if it answered one."""
+        with self._lock:
+            for kind in kinds:
+                if self._owed[kind] > 0:
+                    self._owed[kind] -= 1
+                    return True
+            return False
+
+    def pending(self, kind: str) -> bool:
+        """Whether an answer of ``kind`` is owed."""
+        with self._lock:
+            return self._owed[kind] > 0
+
+    def clear(self) -> None:
+        """The connection is gone: its answers will never come."""
+        with self._lock:
+            self._owed.clear()
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return any(self._owed.values())
+
+
 class Action(NamedTuple):
     """What to do with one typed line."""
 
@@ -427,6 +587,8 @@ class Action(NamedTuple):
     quit: bool = False
     #: A text to print locally (nothing is sent).
     notice: str | None = None
+    #: Refused for its length: a terminal keeps the line, to be shortened.
+    too_long: bool = False
 
 
 # Keys are casefolded: Go compares with strings.EqualFold.
@@ -464,9 +626,35 @@ def private_limit(name: str, target: str) -> int:
 
 
 def _limited(payload: str, message: str, limit: int, lang: str) -> Action:
-    if len(message.encode("utf-8")) > limit:
-        return Action(notice=text(lang, "too_long", limit=limit))
+    length = len(message.encode("utf-8"))
+    if length > limit:
+        # Both limits: the text's, and the one every payload has (the README's).
+        notice = text(lang, "text_too_long", length=length, limit=limit, frame=MAX_FRAME)
+        return Action(notice=notice, too_long=True)
     return Action(payload)
+
+
+# /msg's name: a word, or anything in "double" or 'single' quotes (a name may
+# have inner spaces), then white space and the text.
+_QUOTED_TARGET = re.compile(r"""(?P<quote>["'])(?P<name>.+?)(?P=quote)(?:\s+(?P<text>.*))?""", re.DOTALL)
+_PLAIN_TARGET = re.compile(r"(?P<name>\S+)(?:\s+(?P<text>.*))?", re.DOTALL)
+
+
+def split_target(rest: str) -> tuple[str, str] | None:
+    """``NAME TEXT``, ``"A NAME" TEXT`` or ``'A NAME' TEXT`` -> (name, text); None without both.
+
+    No escapes: a name with one kind of quote goes in the other kind.
+    Original: none (the Go client had no private messages); before quoting,
+    ``/msg a b c hi`` could only address ``a``.
+    """
+    rest = rest.lstrip()
+    quoted = rest[:1] in ("'", '"')
+    match = (_QUOTED_TARGET if quoted else _PLAIN_TARGET).fullmatch(rest)
+    if match is None:
+        return None
+    if not match["text"]:
+        return None
+    return match["name"], match["text"]
 
 
 def slash_command(line: str, name: str, lang: str = "en") -> Action:
@@ -488,12 +676,12 @@ def slash_command(line: str, name: str, lang: str = "en") -> Action:
         # Without a name, as ./cd2: the next line is the new name.
         return nickname_action(rest, lang, name) if rest else Action(ask_new_name=True)
     if command == "/msg":
-        if len(words) < 3:
+        addressed = split_target(rest)
+        if addressed is None:
             return Action(notice=text(lang, "usage_msg"))
-        target = words[1]
+        target, message = addressed
         if ":" in target:  # it would shift the server's 4-way split
             return Action(notice=text(lang, "bad_target"))
-        message = words[2]
         payload = join_message(INDIVIDUAL, target, PRIVATE, message)
         return _limited(payload, message, private_limit(name, target), lang)
     return Action(notice=text(lang, "unknown_command", command=sanitize(words[0])))
@@ -535,10 +723,8 @@ def nickname_action(nick: str, lang: str = "en", current: str | None = None) -> 
         payload = join_message(INDIVIDUAL, "", CHANGE_NAME_FIRST, nick)
     else:
         payload = join_message(INDIVIDUAL, current, CHANGE_NAME, nick)
-    if len(payload.encode("utf-8")) > MAX_FRAME:
-        limit = MAX_FRAME - (len(payload.encode("utf-8")) - len(nick.encode("utf-8")))
-        return Action(notice=text(lang, "too_long", limit=limit))
-    return Action(payload)
+    envelope = len(payload.encode("utf-8")) - len(nick.encode("utf-8"))
+    return _limited(payload, nick, MAX_FRAME - envelope, lang)
 
 
 # --- the session: shared by the threads ----------------------------------------
@@ -605,11 +791,11 @@ class Inbox:
 
 
 class Session:
-    """The connection (replaced on reconnect), its send lock, our name, the output."""
+    """The connection (None until the first, replaced on reconnect), its send lock, our name, the output."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         lang: str,
         out=None,
         *,
@@ -633,14 +819,21 @@ class Session:
         #: Set before the quit payload goes out, so the reader knows the
         #: close that follows is expected.
         self.quitting = False
-        #: False between losing the connection and reconnecting.
-        self.connected = True
+        #: The welcome banner was shown (once per run, not per connection).
+        self.greeted = False
+        #: False before the first connection, and from losing one to reconnecting.
+        self.connected = sock is not None
         #: What the terminal's prompt asks for: a text key, or None for a chat line.
         self.prompt_key: str | None = None
         self.inbox = Inbox()
         self.history = HistoryFilter()
+        #: What the server still has to answer on the current connection.
+        self.awaited = Awaited()
         self._send_lock = threading.Lock()
         self._print_lock = threading.Lock()
+        #: The last thing printed (without a terminal) was a prompt that
+        #: awaits its answer on the same line; a pipe does not echo it.
+        self._line_open = False
 
     def text(self, key: str, **values: object) -> str:
         """A text in the session's language."""
@@ -653,8 +846,11 @@ class Session:
         close, so there is one path for "the server went away".
         """
         logger.debug("send %r", payload)
+        kind = request_kind(payload)
         try:
             with self._send_lock:
+                if kind is not None:  # counted first: the answer may come before sendall returns
+                    self.awaited.sent(kind)
                 self.sock.sendall(framing.encode(payload))
         except OSError as exc:
             logger.debug("send failed: %s", exc)
@@ -667,6 +863,11 @@ class Session:
             if self.terminal is not None:
                 self.terminal.write(shown)
                 return
+            if not shown:
+                return
+            if self._line_open:
+                shown = "\n" + shown  # whatever follows a prompt starts a line of its own
+            self._line_open = not shown.endswith("\n")
             try:
                 self.out.write(shown)
                 self.out.flush()
@@ -683,6 +884,8 @@ class Session:
 
     def hang_up(self) -> None:
         """Shut the socket down; a ``recv`` blocked in another thread returns."""
+        if self.sock is None:
+            return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -691,7 +894,9 @@ class Session:
     def attach(self, sock: socket.socket) -> None:
         """Use a new connection from now on (the old one is closed)."""
         old, self.sock = self.sock, sock
-        old.close()
+        if old is not None:
+            old.close()
+        self.awaited.clear()
         self.quitting = False
         self.connected = True
         self.refresh_prompt()
@@ -707,12 +912,28 @@ class Session:
         if self.terminal is not None:
             self.terminal.refresh()
 
+    def refusal(self, typed: str) -> str | None:
+        """Why the terminal keeps ``typed`` in the input line rather than take it, or None.
+
+        Only for a line too long to send: the user shortens it instead of
+        typing it again.  Original: none (it sent any length).
+        """
+        line = go_trim_space(typed)
+        if self.prompt_key == "ask_name":
+            action = nickname_action(line, self.lang)
+        elif self.prompt_key == "ask_new_name":
+            action = nickname_action(line, self.lang, self.name)
+        else:
+            action = parse_line(line, self.name, self.lang)
+        return action.notice if action.too_long else None
+
     def prompt_text(self) -> str:
         """The terminal's prompt, with ANSI colours when the session has them."""
         if self.prompt_key is not None:
             asked = self.text(self.prompt_key)
             return asked if asked.endswith(" ") else asked + " "
-        offline = "" if self.connected else self.text("offline")
+        # Offline: a connection was lost, not yet made (the first nickname is asked before).
+        offline = self.text("offline") if self.sock is not None and not self.connected else ""
         name = sanitize(self.name)
         if self.colour and name:
             name = f"\x1b[1;{name_colour(name)}m{name}\x1b[0m"
@@ -733,13 +954,26 @@ class Terminal:
     #: Longest wait for one write to reach the screen before writing directly.
     WRITE_TIMEOUT = 5.0
 
-    def __init__(self, inbox: Inbox, message: Callable[[], str]) -> None:
+    def __init__(
+        self, inbox: Inbox, message: Callable[[], str], refusal: Callable[[str], str | None] = lambda _: None
+    ) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.formatted_text import ANSI
+        from prompt_toolkit.validation import ValidationError, Validator
+
+        class Refusal(Validator):
+            # A line refused (too long) is not taken: it stays in the input
+            # line, the reason shown under it, until the user has shortened it.
+            def validate(self, document) -> None:
+                reason = refusal(document.text)
+                if reason is not None:
+                    raise ValidationError(cursor_position=len(document.text), message=reason)
 
         self._inbox = inbox
         # The input line is erased when it is sent: the server's echo shows it.
-        self._session: PromptSession[str] = PromptSession(erase_when_done=True)
+        self._session: PromptSession[str] = PromptSession(
+            erase_when_done=True, validator=Refusal(), validate_while_typing=False
+        )
         self._message = lambda: ANSI(message())
         self._loop = asyncio.new_event_loop()
         self._done = asyncio.Event()
@@ -837,6 +1071,7 @@ class Terminal:
 def read_msg(session: Session, sock: socket.socket | None = None) -> None:
     """Reader thread: print every frame from the server until the connection ends."""
     reader = FrameReader(sock if sock is not None else session.sock, MAX_INCOMING)
+    malformed: str | None = None  # why the server's stream cannot be read any further
     try:
         while True:
             try:
@@ -853,7 +1088,8 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             if not payload:
                 continue
             logger.debug("received %r", payload)
-            incoming = parse_frame(payload, session.lang, datetime.now(), session.name)
+            counting = session.awaited.pending(COUNT)
+            incoming = parse_frame(payload, session.lang, datetime.now(), session.name, counting=counting)
             if incoming.name is not None:
                 session.name = incoming.name
                 session.refresh_prompt()
@@ -863,15 +1099,30 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             elif incoming.public is not None:
                 session.history.saw(*incoming.public)
             session.show(*incoming.styled)
+            if incoming.answers and session.awaited.answer(incoming.answers):
+                session.inbox.put(ANSWERED)  # after printing: the goodbye comes after the answer
             if incoming.event is not None:
                 session.inbox.put(incoming.event)
+    except (NegativeLength, FrameTooLarge) as exc:
+        # The stream cannot be trusted after an impossible length: hang up and
+        # say so, rather than "the server closed the connection", which it did not.
+        logger.debug("malformed frame: %s", exc)
+        malformed = str(exc)
+        try:
+            reader.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     except (OSError, FrameError) as exc:
         # Original: "服务器断开连接 2 err = ..." and, with 1-3 bytes of a header
         # left, never exited.  Any broken stream is the server going away.
         logger.debug("connection lost: %s", exc)
     finally:
         session.history.lost(time.time())
-        if not session.quitting:
+        session.connected = False
+        session.refresh_prompt()
+        if malformed is not None:
+            session.show(session.text("malformed_frame", reason=malformed))
+        elif not session.quitting:
             session.show(session.text("disconnected"))
         session.inbox.put(CLOSED)
 
@@ -978,6 +1229,13 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         if action.notice:
             session.say(action.notice)
         if action.payload is not None:
+            if not session.greeted:
+                # Before the first nickname goes out, as the Go client: so before
+                # anything the server sends once it is accepted (the history).
+                # Printed once the name was accepted, it came in the middle of
+                # the history the reader was printing meanwhile.
+                session.show(session.text("banner"), session.text("banner_slash"))
+                session.greeted = True
             session.send(action.payload)
             if wait_for_answer(session):
                 return
@@ -988,8 +1246,27 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         nick = None
 
 
+def first_nickname(session: Session) -> str:
+    """Ask for the first nickname, before connecting, until there is one that can be sent.
+
+    An empty one is asked again, one too long is said so; whether the
+    server takes it, :func:`ask_nickname` finds out once connected.
+    """
+    while True:
+        nick = get_user_input(session, "ask_name")
+        action = nickname_action(nick, session.lang)
+        if action.notice:
+            session.say(action.notice)
+        if action.payload is not None:
+            return nick
+
+
 def input_loop(session: Session) -> None:
-    """Send what the user types until ``./quit`` (the Go client's input goroutine)."""
+    """Send what the user types until ``./quit`` (the Go client's input goroutine).
+
+    Returns at ``./quit`` without sending it: :func:`converse` waits for the
+    answers to what was sent, then :func:`leave` sends the quit.
+    """
     while True:
         action = parse_line(get_user_input(session), session.name, session.lang)
         if action.ask_new_name:
@@ -997,11 +1274,9 @@ def input_loop(session: Session) -> None:
         if action.notice:
             session.say(action.notice)
         if action.quit:
-            session.quitting = True
+            return  # leave() sends the quit, once the answers to what was sent are in
         if action.payload is not None:
             session.send(action.payload)
-        if action.quit:
-            return
 
 
 def wait_offline(session: Session, seconds: float) -> None:
@@ -1048,6 +1323,7 @@ def reconnect(session: Session) -> None:
     so a server that accepts and at once closes is not hammered either.
     """
     session.connected = False
+    session.awaited.clear()  # what the lost connection owed will never come
     session.refresh_prompt()
     while True:
         session.attempts += 1
@@ -1058,7 +1334,8 @@ def reconnect(session: Session) -> None:
             sock = open_connection(session.address)
         except OSError as exc:
             logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
-            session.notice("reconnect_failed", error=exc.strerror or exc)
+            where = format_address(session.address)
+            session.notice("reconnect_failed", address=where, error=describe_error(exc))
             continue
         session.attach(sock)
         start_reader(session)
@@ -1067,13 +1344,12 @@ def reconnect(session: Session) -> None:
 
 
 def chat(session: Session, name: str | None = None) -> None:
-    """Nickname, banner, then chat until the user quits; reconnects if the session may.
+    """Nickname (and banner), then chat until the user quits; reconnects if the session may.
 
     Raises what ends the chat otherwise (:class:`ServerGone` when it may not
     reconnect, :class:`EndOfInput`, ...).
     """
     reclaim = False
-    greeted = False
     while True:
         try:
             if reclaim:
@@ -1083,9 +1359,6 @@ def chat(session: Session, name: str | None = None) -> None:
             elif not session.name:
                 ask_nickname(session, name)
             session.attempts = 0  # in the room again
-            if not greeted:
-                session.show(session.text("banner"), session.text("banner_slash"))
-                greeted = True
             input_loop(session)
             return
         except ServerGone:
@@ -1093,6 +1366,40 @@ def chat(session: Session, name: str | None = None) -> None:
                 raise
             reclaim = reclaim or bool(session.name)
             reconnect(session)
+
+
+def wait_for_answers(session: Session) -> bool:
+    """Before leaving: wait until the server has answered everything sent, within bounds.
+
+    Original: sent quit at once, and the server could close before the echo
+    of the last line (or the answer to the last command) reached us.  Gives
+    up after ANSWER_TIMEOUT without an answer, or ANSWERS_MAX_WAIT in all: a
+    server need not answer everything (the original does not echo private
+    messages).  Returns False if the connection was lost meanwhile; raises
+    :class:`Interrupted` on Ctrl-C.
+    """
+    start = last = time.monotonic()
+    # Until the main thread has taken the connection's CLOSED, what it owed is
+    # still counted: a loss the reader saw first is found in the Inbox.
+    while session.awaited:
+        remaining = min(last + ANSWER_TIMEOUT, start + ANSWERS_MAX_WAIT) - time.monotonic()
+        if remaining <= 0:
+            logger.debug("gave up waiting for the server's answers")
+            return True
+        try:
+            kind, _ = session.inbox.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if kind == ANSWERED:
+            last = time.monotonic()
+        elif kind == CLOSED:
+            return False
+        elif kind == LEAVE:
+            raise Interrupted
+        elif kind == SERVER_QUIT:
+            return True
+        # Input after ./quit or the end of input is not read: the user is leaving.
+    return True
 
 
 def leave(session: Session) -> int:
@@ -1121,17 +1428,77 @@ def leave(session: Session) -> int:
 def converse(session: Session, name: str | None = None) -> int:
     """The whole conversation: 0 when the user left, 1 when the server went away."""
     try:
-        chat(session, name)
+        try:
+            chat(session, name)
+        except EndOfInput:
+            # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
+            pass
+        # ./quit, or the end of input: the answers first (not on Ctrl-C: out now).
+        if not wait_for_answers(session):
+            return 1  # the server went away before answering
     except ServerGone:
         return 1
-    except (EndOfInput, ServerQuit, Interrupted, KeyboardInterrupt):
-        # Original: on end of input, sent "客户端信息读取错误" every 100 ms.
+    except (ServerQuit, Interrupted, KeyboardInterrupt):
         pass
     return leave(session)
 
 
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port`` as a user would type it; an IPv6 host in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_error(exc: OSError) -> str:
+    """What went wrong connecting, briefly: "connection refused", "timed out", ...
+
+    Lower-cased as Go words its errors; an acronym ("IPv6 ...") is kept as is.
+    """
+    message = exc.strerror or str(exc) or type(exc).__name__
+    if message == type(exc).__name__ or not message[1:2].islower():
+        return message
+    return message[0].lower() + message[1:]
+
+
+def port_argument(value: str) -> int:
+    """``--port``: a TCP port, 1 to 65535.
+
+    Checked here, not by the connect: ``-1`` gave "Servname not supported"
+    and ``0`` "Connection refused", neither of which says the port is wrong.
+    """
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {value!r}")
+    return port
+
+
+# One label of a host name: letters, digits, '-' inside, '_' as some local names have.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def host_argument(value: str) -> str:
+    """``--host``: an IP address (IPv6 with or without brackets) or a host name."""
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")  # 例え.jp -> xn--r8jz45g.jp
+    except UnicodeError:
+        ascii_host = ""
+    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
+    if not ascii_host or len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise argparse.ArgumentTypeError(f"must be a host name or an IP address, not {value!r}")
+    return host
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line."""
+    """The command line; a bad ``--host`` or ``--port`` is a usage error (exit status 2)."""
     parser = argparse.ArgumentParser(
         prog="chatroom-client",
         description="Terminal client for redis-chatroom.",
@@ -1143,8 +1510,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "NO_COLOR is set.  Type /help in the chat for the commands."
         ),
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--host", type=host_argument, default=DEFAULT_HOST, help="server address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=port_argument, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
     parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
     parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
@@ -1184,25 +1555,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     _tolerant_stdout()
-    lang = args.lang
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
     address = (args.host, args.port)
-    try:
-        sock = open_connection(address)
-    except OSError as exc:
-        print(text(lang, "connect_failed", error=exc), flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
     reconnect = interactive if args.reconnect is None else args.reconnect
-    session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect)
+    session = Session(None, args.lang, colour=colour, address=address, reconnect=reconnect)
     if interactive:
-        session.terminal = Terminal(session.inbox, session.prompt_text)
+        session.terminal = Terminal(session.inbox, session.prompt_text, session.refusal)
         session.prompt_key = None if args.name else "ask_name"
     try:
-        session.notice("connected")
-        start_reader(session)
         if session.terminal is not None:
             session.terminal.start()
         else:
@@ -1210,12 +1571,30 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(
                 target=read_stdin, args=(session.inbox, 0, stdin_encoding), name="read_stdin", daemon=True
             ).start()
-        return converse(session, args.name)
+        try:
+            # Original: connected first, then asked, so the server's login
+            # deadline ran while the person typed.  Ask first, then connect.
+            name = args.name if args.name is not None else first_nickname(session)
+        except (EndOfInput, Interrupted, KeyboardInterrupt):
+            return leave(session)  # never connected: nothing to tell the server
+        try:
+            sock = open_connection(address)
+        except OSError as exc:
+            where = format_address(address)
+            session.show(session.text("connect_failed", address=where, error=describe_error(exc)))
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        session.attach(sock)
+        session.notice("connected")
+        start_reader(session)
+        return converse(session, name)
     finally:
         if session.terminal is not None:
             session.terminal.stop()
         session.hang_up()
-        session.sock.close()
+        if session.sock is not None:
+            session.sock.close()
 
 
 if __name__ == "__main__":

@@ -279,16 +279,19 @@ TEXTS: dict[str, dict[str, str]] = {
     "rooms_list": {"zh": "房间({count}): {rooms}", "en": "Rooms ({count}): {rooms}"},
     # Client texts.
     "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
-    "connect_failed": {"zh": "服务器连接失败 err = {error}", "en": "Could not connect to the server: {error}"},
+    # Original: "服务器连接失败 err =" and Go's error, which names the address.
+    "connect_failed": {"zh": "服务器连接失败 {address}: {error}", "en": "Could not connect to {address}: {error}"},
     "ask_name": {"zh": "请输入你的昵称:", "en": "Enter your nickname: "},
     "ask_new_name": {"zh": "请输入新的昵称:", "en": "Enter your new nickname:"},
     "banner": {
+        # Original: "./cd4 或 ./activity 在线用户数量查询", the label of ./cd3
+        # again; ./cd4 is the activity ranking.
         "zh": (
             "--------------欢迎进入多人聊天室系统----------------\n"
             " * ./cd1 或 ./menu 功能菜单\n"
             " * ./cd2 或 ./changeName 更改昵称\n"
             " * ./cd3 或 ./online 在线用户数量查询\n"
-            " * ./cd4 或 ./activity 在线用户数量查询\n"
+            " * ./cd4 或 ./activity 查询活跃排行\n"
             " * ./cd5 或 ./quit 退出聊天室\n"
             "---------------指令字母不区分大小写-----------------"
         ),
@@ -309,6 +312,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "unknown_error": {"zh": "< 系统消息 > 未知错误", "en": "< System > Unknown error"},
     "invalid_message": {"zh": "无效的消息格式", "en": "Unparseable message"},
     "disconnected": {"zh": "服务器连接已断开 ", "en": "The server closed the connection"},
+    "malformed_frame": {
+        "zh": "服务器发送了格式错误的数据帧({reason}),连接已断开",
+        "en": "The server sent a malformed frame ({reason}): disconnected",
+    },
     "quit_ok": {"zh": "退出成功", "en": "Bye"},
     # Client texts this port adds (slash commands, private messages, history, reconnecting).
     "banner_slash": {
@@ -320,6 +327,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "指令(不区分大小写):\n"
             "  /help                 本帮助\n"
             "  /msg 名字 内容        私聊\n"
+            '  /msg "名 字" 内容     名字含空格时用引号(" 或 \')括起\n'
             "  /who                  在线用户列表\n"
             "  /online               在线用户数量    (./cd3 或 ./online)\n"
             "  /top                  活跃排行        (./cd4 或 ./activity)\n"
@@ -332,6 +340,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Commands (case-insensitive):\n"
             "  /help                 this help\n"
             "  /msg NAME TEXT        a private message to NAME\n"
+            '  /msg "A NAME" TEXT    to a name with spaces (or in \'single\' quotes)\n'
             "  /who                  who is online\n"
             "  /online               how many users are online  (./cd3 or ./online)\n"
             "  /top                  activity ranking           (./cd4 or ./activity)\n"
@@ -345,7 +354,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "未知指令 {command}, 输入 /help 查看指令",
         "en": "Unknown command {command}; /help lists the commands",
     },
-    "usage_msg": {"zh": "用法: /msg 名字 内容", "en": "Usage: /msg NAME TEXT"},
+    "usage_msg": {
+        "zh": '用法: /msg 名字 内容, 名字含空格时加引号: /msg "名 字" 内容',
+        "en": 'Usage: /msg NAME TEXT, or /msg "A NAME" TEXT for a name with spaces',
+    },
     "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
     "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
     "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},
@@ -355,9 +367,17 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "{delay:g}秒后重新连接(第{attempt}次)...",
         "en": "Reconnecting in {delay:g} s (attempt {attempt})...",
     },
-    "reconnect_failed": {"zh": "重新连接失败: {error}", "en": "Could not reconnect: {error}"},
+    "reconnect_failed": {
+        "zh": "重新连接 {address} 失败: {error}",
+        "en": "Could not reconnect to {address}: {error}",
+    },
     "reconnected": {"zh": "已重新连接服务器", "en": "Reconnected to the server"},
     "reclaim_refused": {"zh": "无法取回昵称 < {name} >", "en": "Could not take the name < {name} > back"},
+    # Short enough for the one line under a terminal's prompt (80 columns).
+    "text_too_long": {
+        "zh": "信息过长: {length}字节, 最多{limit}字节(连同昵称等字段共{frame}字节)",
+        "en": "Message too long: {length} bytes, at most {limit} ({frame} with names and fields)",
+    },
     "held_offline": {
         "zh": "未连接: 重新连接后发送",
         "en": "Not connected: this will be sent once reconnected",

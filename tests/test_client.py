@@ -78,7 +78,6 @@ def lines(payload: str, lang: str = "zh") -> tuple[str, ...]:
         ("channel:channel1:alice:a:b:c\n", [T + "< alice >a:b:c"]),
         ("channel:channel1:bob:当前在线人数为2人\n", [T + "< bob >当前在线人数为2人"]),
         ("channel:channel1:alice:\n", [T + "< alice >"]),
-        ("channel:channel1:alice:two\nlines\n", [T + "< alice >two\nlines"]),
         (
             ACTIVITY_FRAME,
             [T + "< 系统消息 > < 系统消息 > 活跃度排名\n 第1名 : bob\n 第2名 : alice"],
@@ -180,7 +179,79 @@ def test_four_fields_of_an_unknown_kind_print_nothing_as_in_the_original():
 
 
 def test_only_trailing_cr_and_lf_are_trimmed_from_the_message():
-    assert lines("channel:channel1:alice:\n hi \r\n\r\n") == (T + "< alice >\n hi ",)
+    assert lines("channel:channel1:alice:\n hi \r\n\r\n") == (T + "< alice >", " " * 22 + " hi ")
+
+
+# --- lines a user's text cannot forge ------------------------------------------------------
+
+FORGERY = "ok\n[21:13] < System > User left: mallory\n[21:13] < bob > my password is hunter2"
+
+
+def test_the_lines_of_a_chat_message_are_indented_under_its_sender():
+    # Original: printed as it came, so the text's own lines looked like a
+    # system notice and like bob speaking.
+    assert lines(f"channel:channel1:mallory:{FORGERY}\n", "en") == (
+        "[15:04] < mallory > ok",
+        "                    [21:13] < System > User left: mallory",
+        "                    [21:13] < bob > my password is hunter2",
+    )
+    assert lines(f"channel:channel1:mallory:{FORGERY}\n", "zh") == (
+        T + "< mallory >ok",
+        " " * 24 + "[21:13] < System > User left: mallory",  # 【 and 】 are two columns wide
+        " " * 24 + "[21:13] < bob > my password is hunter2",
+    )
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r", "\u2028", "\u2029", "\x85", "\v", "\f"])
+def test_every_kind_of_line_break_starts_an_indented_line(newline):
+    assert lines(f"channel:channel1:bob:one{newline}two{newline}{newline}four\n", "en") == (
+        "[15:04] < bob > one",
+        "                two",
+        "",
+        "                four",
+    )
+
+
+def test_private_and_history_lines_are_indented_under_their_sender_too():
+    forged = "hi\n[21:13] < bob > my password is hunter2"
+    assert lines(f"individual:mallory:private:{forged}\n", "en") == (
+        "[15:04] [private] < mallory > hi",
+        " " * 30 + "[21:13] < bob > my password is hunter2",
+    )
+    assert lines(f"individual:bob:privateSent:{forged}\n", "en") == (
+        "[15:04] [private] < you -> bob > hi",
+        " " * 33 + "[21:13] < bob > my password is hunter2",
+    )
+    sent = int(datetime(2024, 5, 6, 9, 30).timestamp())
+    incoming = parse_frame(f"history:{sent}:mallory:{forged}\n", "en", NOW)
+    assert incoming.lines == (
+        "[09:30] (history) < mallory > hi",
+        " " * 30 + "[21:13] < bob > my password is hunter2",
+    )
+    assert all("history" in style for line in incoming.styled for style, text in line if text.strip())
+    assert incoming.public == ("mallory", forged)  # what was said, for the history filter
+
+
+def test_a_name_cannot_break_a_line():
+    # The original server takes any name; ours refuses these.
+    assert lines("channel:channel1:x\n< bob >:hunter2\n", "en") == ("[15:04] < x^J< bob > > hunter2",)
+    assert lines("individual:a\u2028b:private:hi\n", "en") == ("[15:04] [private] < a<U+2028>b > hi",)
+    assert lines("individual:a\nb:changeNameFirst1:a\nb\n", "en") == ("[15:04] Your nickname is now: a^Jb",)
+
+
+def test_the_servers_own_multi_line_texts_are_shown_as_they_are():
+    assert lines("individual:alice:系统消息:Online (2):\n alice\n bob\n", "en") == (
+        "[15:04] < System > Online (2):\n alice\n bob",
+    )
+    assert lines(ACTIVITY_FRAME, "zh") == (T + "< 系统消息 > " + ACTIVITY_FRAME.split(":", 3)[3].rstrip("\n"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "columns"),
+    [("abc", 3), ("你好", 4), ("【  15:04  】", 13), ("e\u0301", 1), ("a\u200bb", 2), ("", 0)],
+)
+def test_display_width_counts_terminal_columns(value, columns):
+    assert client.display_width(value) == columns
 
 
 # --- sanitising --------------------------------------------------------------------
@@ -199,6 +270,7 @@ def test_only_trailing_cr_and_lf_are_trimmed_from_the_message():
         ("\x85nel", "<U+0085>nel"),
         ("\u202eevil", "<U+202E>evil"),
         ("\u2066iso\u2069", "<U+2066>iso<U+2069>"),
+        ("\u200eltr\u200frtl\u061calm", "<U+200E>ltr<U+200F>rtl<U+061C>alm"),
         ("two\nlines\tand tab", "two\nlines\tand tab"),
         ("你好 alice", "你好 alice"),
     ],
@@ -270,9 +342,13 @@ def test_a_chat_text_whose_broadcast_the_go_clients_cannot_decode_is_not_sent():
     assert len(b"channel:channel1:alice:") + limit + 1 == MAX_FRAME
     assert parse_line("x" * limit, "alice").payload == "channel:channel1::" + "x" * limit
     refused = parse_line("x" * (limit + 1), "alice", "en")
-    assert refused.payload is None
-    assert refused.notice == f"Message too long: at most {limit} bytes"
-    assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == f"信息过长,最多{limit}字节"
+    assert (refused.payload, refused.too_long) == (None, True)
+    # The limit of the text, and the README's limit of every payload: 4092 bytes.
+    assert refused.notice == f"Message too long: {limit + 1} bytes, at most {limit} (4092 with names and fields)"
+    assert len(refused.notice) <= 80  # it must fit the line under a terminal's prompt
+    assert parse_line("好" * (limit // 3 + 1), "alice", "zh").notice == (
+        f"信息过长: {(limit // 3 + 1) * 3}字节, 最多{limit}字节(连同昵称等字段共4092字节)"
+    )
 
 
 def test_nickname_payloads():
@@ -287,8 +363,8 @@ def test_an_empty_nickname_sends_nothing():
 
 def test_an_oversized_nickname_is_not_sent():
     action = nickname_action("n" * MAX_FRAME, "en")
-    assert action.payload is None
-    assert action.notice.startswith("Message too long")
+    assert (action.payload, action.too_long) == (None, True)
+    assert action.notice.startswith(f"Message too long: {MAX_FRAME} bytes, at most ")
 
 
 def test_input_is_trimmed_as_go_trims_it():
@@ -334,6 +410,16 @@ class FakeServer:
     def send(self, payload: str) -> None:
         """Send a server payload; like the original's, it ends with a newline."""
         self.conn.sendall(encode(payload + "\n"))
+
+    def answer(self, payload: str, *answers: str) -> None:
+        """Expect a request, then answer it as a server does (the client awaits answers before leaving)."""
+        self.expect(payload)
+        for answer in answers:
+            self.send(answer)
+
+    def chat(self, name: str, text: str) -> None:
+        """Expect ``name``'s chat line and broadcast it back."""
+        self.answer(f"channel:channel1::{text}", f"channel:channel1:{name}:{text}")
 
     def login(self, name: str) -> None:
         self.expect(f"individual::changeNameFirst:{name}")
@@ -470,7 +556,7 @@ def test_a_taken_first_nickname_is_asked_again(server, start_client, refusal):
     server.send(refusal)
     server.login("bob")
     chat.type("hello")
-    server.expect("channel:channel1::hello")
+    server.chat("bob", "hello")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -480,6 +566,32 @@ def test_a_taken_first_nickname_is_asked_again(server, start_client, refusal):
     assert re.search(STAMP + "< 系统消息 > " + TAKEN + "\n请输入你的昵称:", output)
     assert re.search(STAMP + "你当前昵称为: bob\n", output)
     assert "未知错误" not in output
+    assert output.count("欢迎进入多人聊天室系统") == 1
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_banner_comes_before_anything_the_server_sends_after_the_nickname(server, start_client, lang):
+    chat = start_client(server.port, "--name", "alice", "--lang", lang)
+    server.expect("individual::changeNameFirst:alice")
+    sent = int(datetime.now().timestamp())
+    answer = [
+        "individual:alice:changeNameFirst1:alice",
+        "channel:channel1:系统消息:User < alice > joined!",
+        f"history:{sent - 60}:bob:first",
+        f"history:{sent - 30}:bob:second",
+    ]
+    server.conn.sendall(b"".join(encode(payload + "\n") for payload in answer))  # in one burst
+    chat.wait_for_output("second\n")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    banner = client.text(lang, "banner") + "\n" + client.text(lang, "banner_slash") + "\n"
+    assert output.count(banner) == 1
+    after = output.split(banner, 1)[1]
+    for shown in (client.text(lang, "your_name", name="alice"), "User < alice > joined!", "first", "second"):
+        assert shown in after, shown
 
 
 def test_lines_that_arrive_together_are_all_sent(server, start_client):
@@ -488,7 +600,7 @@ def test_lines_that_arrive_together_are_all_sent(server, start_client):
     chat.end_input()
     server.login("alice")
     for text in ("one", "two", "three"):
-        server.expect(f"channel:channel1::{text}")
+        server.chat("alice", text)
     server.expect("channel:channel1:quit:")
     server.close()
     assert chat.finish()[0] == 0
@@ -498,14 +610,14 @@ def test_commands_are_case_insensitive_and_use_the_current_name(server, start_cl
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice", "./ONLINE", "./Cd4", "./cd1", "./changeName", "bobby")
     server.login("alice")
-    server.expect("channel:channel1:onlineList:")
-    server.expect("channel:channel1:activity:")
-    server.expect("individual:alice:menu:")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:当前在线人数为1人")
+    server.answer("channel:channel1:activity:", ACTIVITY_FRAME.rstrip("\n"))
+    server.answer("individual:alice:menu:", MENU_FRAME.rstrip("\n"))
     server.expect("individual:alice:changeName:bobby")
     server.send("individual:bobby:changeName1:bobby")
     chat.wait_for_output("你当前昵称为: bobby")
     chat.type("./MENU")
-    server.expect("individual:bobby:menu:")
+    server.answer("individual:bobby:menu:", MENU_FRAME.replace("alice", "bobby").rstrip("\n"))
     chat.type("./cd5")
     server.expect("channel:channel1:quit:")
     server.close()
@@ -514,20 +626,28 @@ def test_commands_are_case_insensitive_and_use_the_current_name(server, start_cl
     assert "请输入新的昵称:\n" in output
 
 
-def test_online_reply_is_shown(server, start_client):
+def test_the_reply_to_our_online_is_a_system_line(server, start_client):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice", "./online")
     server.login("alice")
     server.expect("channel:channel1:onlineList:")
     server.send("channel:channel1:alice:当前在线人数为2人")
-    chat.wait_for_output("< alice >当前在线人数为2人\n")
+    chat.wait_for_output("当前在线人数为2人\n")
+    chat.type("/online")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:当前在线人数为3人")
+    chat.wait_for_output("当前在线人数为3人\n")
+    server.send("channel:channel1:alice:当前在线人数为4人")  # nobody asked: alice said it
+    chat.wait_for_output("当前在线人数为4人\n")
     chat.type("./quit")
     server.expect("channel:channel1:quit:")
     server.close()
     status, output = chat.finish()
     assert status == 0
     assert re.search(STAMP + "< 系统消息 > 用户 < alice > 上线了!\n", output)
-    assert re.search(STAMP + "< alice >当前在线人数为2人\n", output)
+    # Original: "< alice >当前在线人数为2人", as if alice had said it.
+    assert re.search(STAMP + "< 系统消息 > 当前在线人数为2人\n", output)
+    assert re.search(STAMP + "< 系统消息 > 当前在线人数为3人\n", output)
+    assert re.search(STAMP + "< alice >当前在线人数为4人\n", output)
 
 
 def test_quit_waits_for_the_server_to_close_and_exits_0(server, start_client):
@@ -566,8 +686,52 @@ def test_end_of_input_quits_once_and_exits_0(server, start_client):
     assert "客户端信息读取错误" not in output
 
 
-def test_end_of_input_before_any_nickname_quits(server, start_client):
+def nobody_connected(server: FakeServer) -> bool:
+    """Whether no connection waits to be accepted (the kernel completes a connect before accept)."""
+    server.listener.settimeout(0)
+    try:
+        conn, _ = server.listener.accept()
+    except BlockingIOError:
+        return True
+    else:
+        conn.close()
+        return False
+    finally:
+        server.listener.settimeout(TIMEOUT)
+
+
+def test_the_nickname_is_asked_before_connecting(server, start_client):
+    # Original: connected, then asked, so the server's login deadline ran while the person typed.
     chat = start_client(server.port)
+    chat.wait_for_output("Enter your nickname: ")
+    assert nobody_connected(server)
+    chat.type("alice")
+    server.login("alice")
+    chat.wait_for_output("Your nickname is now: alice")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert output.startswith("Enter your nickname: \nConnected to the server\n")
+
+
+def test_end_of_input_before_any_nickname_quits_without_connecting(server, start_client):
+    chat = start_client(server.port)
+    chat.end_input()
+    status, output = chat.finish()
+    assert status == 0
+    assert output == "Enter your nickname: \nBye\n"  # the goodbye on a line of its own
+    assert nobody_connected(server)
+
+
+def test_an_empty_nickname_is_asked_again_before_connecting(server, start_client):
+    chat = start_client(server.port)
+    chat.type("", "  ")
+    chat.wait_for_output("Enter your nickname: \nEnter your nickname: \nEnter your nickname: ")
+    assert nobody_connected(server)
+    chat.type("bob")
+    server.login("bob")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -578,7 +742,7 @@ def test_ctrl_c_quits_like_quit(server, start_client):
     chat = start_client(server.port)
     chat.type("alice")
     server.login("alice")
-    chat.wait_for_output("Commands are case-insensitive")
+    chat.wait_for_output("Your nickname is now: alice")
     chat.proc.send_signal(signal.SIGINT)
     server.expect("channel:channel1:quit:")
     server.close()
@@ -593,7 +757,7 @@ def test_the_server_going_away_exits_non_zero(server, start_client, how):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice")  # stdin stays open: the client must not wait for it
     server.login("alice")
-    chat.wait_for_output("指令字母不区分大小写")  # the banner: the main thread is in the chat loop
+    chat.wait_for_output("你当前昵称为: alice")  # in the room
     server.reset() if how == "reset" else server.close()
     status, output = chat.finish()
     assert status == 1
@@ -619,6 +783,35 @@ def test_a_truncated_frame_is_the_server_going_away(server, start_client):
     assert chat.finish()[0] == 1
 
 
+@pytest.mark.parametrize(
+    ("length", "reason"),
+    [(-1, "negative frame length -1"), (2**31 - 1, "frame of 2147483647 bytes exceeds the limit of 1048576")],
+)
+def test_a_frame_of_impossible_length_is_reported_as_malformed(server, start_client, length, reason):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    server.conn.sendall(struct.pack("<i", length) + b"xxxx")  # the connection stays open
+    status, output = chat.finish()
+    assert status == 1
+    assert f"The server sent a malformed frame ({reason}): disconnected\n" in output
+    assert "The server closed the connection" not in output
+
+
+def test_after_a_malformed_frame_the_client_reconnects_if_it_may(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--reconnect", "--lang", "zh")
+    server.login("alice")
+    server.conn.sendall(struct.pack("<i", -7))
+    chat.wait_for_output("服务器发送了格式错误的数据帧(negative frame length -7),连接已断开\n")
+    server.close()
+    server.login("alice")  # a new connection, and the name back
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert "秒后重新连接(第1次)..." in output
+
+
 def test_an_unparseable_frame_is_shown_and_the_client_keeps_working(server, start_client):
     chat = start_client(server.port, "--lang", "zh")
     chat.type("alice")
@@ -627,7 +820,7 @@ def test_an_unparseable_frame_is_shown_and_the_client_keeps_working(server, star
     server.send("channel:channel1:bob:still here")
     chat.wait_for_output("< bob >still here")
     chat.type("hello")
-    server.expect("channel:channel1::hello")
+    server.chat("alice", "hello")
     chat.type("./quit")
     server.expect("channel:channel1:quit:")
     server.close()
@@ -663,17 +856,117 @@ def test_escape_sequences_from_peers_are_made_visible(server, start_client):
     status, output = chat.finish()
     assert status == 0
     assert "\x1b" not in output and "\r" not in output and "\x07" not in output
-    assert "< ^[[2Jbob >^[[31mred^G^Mover\n" in output
+    # The CR starts a line of its own, indented under the sender.
+    assert "< ^[[2Jbob >^[[31mred^G\n" + " " * 25 + "over\n" in output
 
 
-def test_an_unreachable_server_exits_non_zero(start_client):
+def test_a_forged_chat_message_cannot_pose_as_other_lines(server, start_client):
+    chat = start_client(server.port, "--name", "alice", "--no-color")
+    server.login("alice")
+    server.send("channel:channel1:mallory:" + FORGERY)
+    chat.wait_for_output("hunter2\n")
+    chat.end_input()
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    shown = output.splitlines()
+    assert not [line for line in shown if line.startswith("[21:13]")], output
+    assert re.search(r"\[\d\d:\d\d\] < mallory > ok\n {20}\[21:13\] < System > User left: mallory\n", output)
+    assert " " * 20 + "[21:13] < bob > my password is hunter2\n" in output
+
+
+@pytest.mark.parametrize(
+    ("lang", "said"),
+    [
+        ("en", "Could not connect to 127.0.0.1:{port}: connection refused\n"),
+        ("zh", "服务器连接失败 127.0.0.1:{port}: connection refused\n"),
+    ],
+)
+def test_an_unreachable_server_exits_non_zero_and_says_where_it_tried(start_client, lang, said):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # bound, never listening: connecting is refused
-        chat = start_client(port)
+        chat = start_client(port, "--name", "alice", "--lang", lang)
         status, output = chat.finish()
     assert status == 1
-    assert output.startswith("Could not connect to the server")
+    assert output == said.format(port=port)
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        (("127.0.0.1", 9533), "127.0.0.1:9533"),
+        (("::1", 9527), "[::1]:9527"),
+        (("chat.example", 1), "chat.example:1"),
+    ],
+)
+def test_an_address_is_shown_as_host_and_port(address, shown):
+    assert client.format_address(address) == shown
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (TimeoutError("timed out"), "timed out"),
+        (socket.gaierror(-2, "Name or service not known"), "name or service not known"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_connection_errors_are_worded_briefly(error, said):
+    assert client.describe_error(error) == said
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--port", "-1"),
+        ("--port", "0"),
+        ("--port", "65536"),
+        ("--port", "http"),
+        ("--host", ""),
+        ("--host", "two words"),
+        ("--host", "bad_host!"),
+        ("--host", "a..b"),
+        ("--host", "[::1"),
+    ],
+)
+def test_a_bad_port_or_host_is_a_usage_error_that_names_the_option(capsys, option, value):
+    with pytest.raises(SystemExit) as exited:
+        client.parse_args([option, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {option}:" in error
+    assert repr(value) in error
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [
+        ("localhost", "localhost"),
+        ("::1", "::1"),
+        ("[::1]", "::1"),
+        ("10.0.0.7", "10.0.0.7"),
+        ("chat.example.org.", "chat.example.org."),
+        ("例え.jp", "例え.jp"),
+        ("my_host", "my_host"),
+    ],
+)
+def test_good_hosts_are_accepted(value, host):
+    assert client.parse_args(["--host", value]).host == host
+
+
+@pytest.mark.parametrize("port", ["1", "9527", "65535"])
+def test_good_ports_are_accepted(port):
+    assert client.parse_args(["--port", port]).port == int(port)
+
+
+def test_a_bad_port_exits_2_before_connecting(start_client):
+    chat = start_client(-1, "--name", "alice")  # start_client passes --port first
+    status, output = chat.finish()
+    assert (status, output) == (2, "")
+    assert "argument --port: must be a port number from 1 to 65535, not '-1'" in chat.errors
 
 
 def test_main_parses_the_documented_options():
@@ -686,6 +979,74 @@ def test_main_parses_the_documented_options():
 # --- the program against the live server (tests/conftest.py: chat_server, connect) --------
 
 
+def test_at_the_end_of_input_the_client_waits_for_the_echo_of_its_last_line(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    # Waiting for something not to happen needs a bound: the client must not quit before the echo.
+    server.conn.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        server.recv()
+    server.conn.settimeout(TIMEOUT)
+    server.send("channel:channel1:alice:hello")
+    server.expect("channel:channel1:quit:")
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert re.search(r"< alice > hello\nBye\n$", output)
+
+
+def test_at_the_end_of_input_a_server_that_does_not_answer_is_not_waited_for_long(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello", "/who")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    server.expect("individual:alice:who:")
+    server.expect("channel:channel1:quit:")  # within the bound (FakeServer's TIMEOUT is longer)
+    server.close()
+    status, output = chat.finish()
+    assert status == 0
+    assert output.endswith("Bye\n")
+
+
+def test_the_server_going_away_before_answering_the_last_lines_exits_1(server, start_client):
+    chat = start_client(server.port, "--name", "alice")
+    server.login("alice")
+    chat.type("hello")
+    chat.end_input()
+    server.expect("channel:channel1::hello")
+    server.close()
+    status, output = chat.finish()
+    assert status == 1
+    assert output.endswith("The server closed the connection\n")
+
+
+def test_live_every_line_of_a_pipe_is_answered_before_the_client_leaves(chat_server, connect, start_client):
+    bob = connect()
+    bob.login("bob")
+    chat = start_client(chat_server.port, "--name", "alice")
+    chat.wait_for_output("Your nickname is now: alice")
+    chat.type("/who", "/msg bob psst", "./online", "/top", "./menu", "/msg nobody hi", "first", "last")
+    chat.end_input()
+    bob.expect("channel:channel1:系统消息:User left: alice\n")
+    status, output = chat.finish()
+    assert status == 0
+    for answer in (
+        "< System > Online (2): alice, bob\n",
+        "[private] < you -> bob > psst\n",
+        "< System > Users online: 2\n",
+        "Activity ranking",
+        "./cd1 or ./menu",
+        "There is no user < nobody >\n",
+        "< alice > first\n",
+    ):
+        assert answer in output, answer
+    assert re.search(r"< alice > last\nBye\n$", output)
+
+
 def test_live_nickname_message_online_and_quit(chat_server, connect, start_client):
     bob = connect()
     bob.login("bob")
@@ -693,7 +1054,7 @@ def test_live_nickname_message_online_and_quit(chat_server, connect, start_clien
     chat.type("alice", "hello", "./online")
     bob.expect("channel:channel1:alice:hello\n")
     chat.wait_for_output("< alice > hello\n")
-    chat.wait_for_output("Users online: 2")
+    chat.wait_for_output("< System > Users online: 2\n")
     chat.type("./quit")
     status, output = chat.finish()
     assert status == 0
@@ -887,6 +1248,13 @@ def test_colours_only_on_a_terminal_without_no_color(option, environ, terminal, 
         ("/msg bob hi there", "individual:bob::hi there"),
         ("/Msg bob   two  spaces ", "individual:bob::two  spaces"),
         ("/msg bob a:b", "individual:bob::a:b"),
+        ("/msg a b c hi", "individual:a::b c hi"),  # unquoted, the name is the first word
+        ('/msg "a b" hi', "individual:a b::hi"),
+        ("/msg 'a b' hi there", "individual:a b::hi there"),
+        ('/msg  "a  b"   spaced  out ', "individual:a  b::spaced  out"),
+        ('/msg "it\'s me" hi', "individual:it's me::hi"),
+        ("/msg 'say \"hi\"' ok", 'individual:say "hi"::ok'),
+        ('/msg "bob" "quoted text"', 'individual:bob::"quoted text"'),
         ("//slash", "channel:channel1::/slash"),
         ("//", "channel:channel1::/"),
         ("./cd3", "channel:channel1:onlineList:"),  # the Go client's forms keep working
@@ -912,14 +1280,34 @@ def test_slash_help_lists_both_forms_and_sends_nothing():
     assert "./cd4" in parse_line("/HELP", "alice", "zh").notice
 
 
+def test_help_says_how_to_quote_a_name_with_spaces():
+    assert '/msg "A NAME" TEXT' in parse_line("/help", "alice", "en").notice
+    assert '/msg "名 字" 内容' in parse_line("/help", "alice", "zh").notice
+    assert parse_line("/msg", "alice", "zh").notice == '用法: /msg 名字 内容, 名字含空格时加引号: /msg "名 字" 内容'
+
+
+def test_a_quoted_names_private_limit_is_that_names():
+    limit = client.private_limit("alice", "a b")
+    assert parse_line('/msg "a b" ' + "x" * limit, "alice").payload == "individual:a b::" + "x" * limit
+    assert parse_line('/msg "a b" ' + "x" * (limit + 1), "alice").payload is None
+
+
+USAGE_MSG = 'Usage: /msg NAME TEXT, or /msg "A NAME" TEXT for a name with spaces'
+
+
 @pytest.mark.parametrize(
     ("line", "notice"),
     [
         ("/frobnicate now", "Unknown command /frobnicate; /help lists the commands"),
         ("/", "Unknown command /; /help lists the commands"),
-        ("/msg", "Usage: /msg NAME TEXT"),
-        ("/msg bob", "Usage: /msg NAME TEXT"),
+        ("/msg", USAGE_MSG),
+        ("/msg bob", USAGE_MSG),
+        ('/msg "a b"', USAGE_MSG),
+        ('/msg "a b hi', USAGE_MSG),  # not closed
+        ('/msg "" hi', USAGE_MSG),
+        ('/msg "a b"hi', USAGE_MSG),
         ("/msg a:b hi", "A name cannot contain ':'"),
+        ("/msg 'a:b c' hi", "A name cannot contain ':'"),
     ],
 )
 def test_bad_slash_commands_are_told_locally_and_send_nothing(line, notice):
@@ -930,10 +1318,14 @@ def test_a_private_text_too_long_for_its_delivery_or_echo_is_not_sent():
     limit = client.private_limit("alice", "bob")
     assert limit == MAX_FRAME - len(b"individual:bob:privateSent:\n")
     assert parse_line("/msg bob " + "x" * limit, "alice").payload == "individual:bob::" + "x" * limit
-    assert (
-        parse_line("/msg bob " + "x" * (limit + 1), "alice").notice
-        == f"Message too long: at most {limit} bytes"
-    )
+    refused = parse_line("/msg bob " + "x" * (limit + 1), "alice")
+    assert refused.too_long
+    assert refused.notice.startswith(f"Message too long: {limit + 1} bytes, at most {limit} ")
+
+
+@pytest.mark.parametrize("line", ["hello", "/msg bob hi", "/frobnicate", "/msg", "./cd2", ""])
+def test_only_an_over_long_line_is_too_long(line):
+    assert not parse_line(line, "alice").too_long
 
 
 # --- history after a reconnect (HistoryFilter) ------------------------------------------------
@@ -985,7 +1377,7 @@ def test_name_option_skips_the_prompt(server, start_client):
     chat = start_client(server.port, "--name", "alice")
     server.login("alice")
     chat.type("hi")
-    server.expect("channel:channel1::hi")
+    server.chat("alice", "hi")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -1014,26 +1406,22 @@ def test_slash_commands_are_sent_and_local_ones_are_not(server, start_client):
     chat.type(
         "/help", "/bogus", "/msg bob", "/who", "/msg bob hi there", "/top", "/online", "//x", "/nick bobby"
     )
-    for payload in (
-        "individual:alice:who:",
-        "individual:bob::hi there",
-        "channel:channel1:activity:",
-        "channel:channel1:onlineList:",
-        "channel:channel1::/x",
-        "individual:alice:changeName:bobby",
-    ):
-        server.expect(payload)
-    server.send("individual:bobby:changeName1:bobby")
+    server.answer("individual:alice:who:", "individual:alice:系统消息:Online (1): alice")
+    server.answer("individual:bob::hi there", "individual:bob:privateSent:hi there")
+    server.answer("channel:channel1:activity:", "channel:channel1:系统消息:Activity ranking\n #1 : alice (2)\n")
+    server.answer("channel:channel1:onlineList:", "channel:channel1:alice:Users online: 1")
+    server.chat("alice", "/x")
+    server.answer("individual:alice:changeName:bobby", "individual:bobby:changeName1:bobby")
     chat.wait_for_output("Your nickname is now: bobby")
     chat.type("/who", "/quit")
-    server.expect("individual:bobby:who:")
+    server.answer("individual:bobby:who:", "individual:bobby:系统消息:Online (1): bobby")
     server.expect("channel:channel1:quit:")
     server.close()
     status, output = chat.finish()
     assert status == 0
     assert "/msg NAME TEXT" in output and "./cd1 or ./menu" in output
     assert "Unknown command /bogus" in output
-    assert "Usage: /msg NAME TEXT" in output
+    assert USAGE_MSG in output
 
 
 def test_no_colours_when_stdout_is_not_a_terminal(server, start_client):
@@ -1065,7 +1453,7 @@ def test_pipe_mode_reconnects_only_when_asked_and_takes_the_name_back(server, st
     chat.type("while away")  # held, sent once the name is back
     server.expect("individual::changeNameFirst:alice")
     server.send("individual:alice:changeNameFirst1:alice")
-    server.expect("channel:channel1::while away")
+    server.chat("alice", "while away")
     sent = int(datetime.now().timestamp())
     server.send(f"history:{sent - 1}:bob:before")  # seen before the break: not shown again
     server.send(f"history:{sent}:bob:during")
@@ -1091,7 +1479,7 @@ def test_a_name_taken_while_away_is_said_and_asked_again(server, start_client):
     chat.type("alice2")
     server.login("alice2")
     chat.type("hi")
-    server.expect("channel:channel1::hi")
+    server.chat("alice2", "hi")
     chat.end_input()
     server.expect("channel:channel1:quit:")
     server.close()
@@ -1104,7 +1492,7 @@ def test_end_of_input_while_reconnecting_leaves(start_client):
         chat = start_client(fake.port, "--name", "alice", "--reconnect")
         fake.login("alice")
         fake.stop()  # nobody listens any more: every attempt fails
-        chat.wait_for_output("Could not reconnect")
+        chat.wait_for_output(f"Could not reconnect to 127.0.0.1:{fake.port}: connection refused")
         chat.end_input()
         status, output = chat.finish()
     finally:
@@ -1136,8 +1524,130 @@ def test_live_who_private_messages_and_history(chat_server, connect, start_clien
     status, output = chat.finish()
     assert status == 0
     assert re.search(r"#\d : alice \(\d+\)", output)
+    assert output.index("Commands are case-insensitive") < output.index("(history)")  # the banner first
 
 
 def test_reconnect_waits_double_each_attempt_up_to_10_s():
     assert [client.reconnect_delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]
     assert client.reconnect_delay(10_000) == 10
+
+
+# --- without its dependencies -----------------------------------------------------------------
+
+
+def test_without_prompt_toolkit_the_client_says_what_to_run(tmp_path):
+    # A package that fails to import stands in for a Python without the client's dependencies.
+    broken = tmp_path / "prompt_toolkit"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'prompt_toolkit'\")\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONIOENCODING="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), "--port", "1"],
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "make client" in done.stderr and "pip install ." in done.stderr
+
+
+def test_the_zh_banner_names_what_cd4_does():
+    # Original: " * ./cd4 或 ./activity 在线用户数量查询", the label of ./cd3 again.
+    banner = client.text("zh", "banner").splitlines()
+    assert " * ./cd4 或 ./activity 查询活跃排行" in banner
+    assert " * ./cd3 或 ./online 在线用户数量查询" in banner
+    # The server's menu stays the original's, byte for byte.
+    assert "*./cd4 或 ./ activity 查询活跃排行\n" in client.text("zh", "menu")
+
+
+# --- what the server still owes us (Awaited) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        ("channel:channel1::hello", client.ECHO),
+        ("channel:channel1:onlineList:", client.COUNT),
+        ("channel:channel1:activity:", client.RANKING),
+        ("individual:alice:who:", client.NOTICE),
+        ("individual:alice:menu:", client.NOTICE),
+        ("individual:bob::psst", client.PRIVATE_ECHO),
+        ("individual:alice:changeName:bobby", client.RENAME),
+        ("individual::changeNameFirst:alice", None),  # wait_for_answer waits for that one
+        ("channel:channel1:quit:", None),
+    ],
+)
+def test_what_a_request_waits_for(payload, kind):
+    assert client.request_kind(payload) == kind
+
+
+@pytest.mark.parametrize(
+    ("payload", "answers"),
+    [
+        ("channel:channel1:alice:hello\n", (client.ECHO,)),
+        ("channel:channel1:alice:Users online: 2\n", (client.COUNT, client.ECHO)),
+        ("channel:channel1:alice:当前在线人数为2人\n", (client.COUNT, client.ECHO)),
+        ("channel:channel1:bob:hello\n", ()),
+        ("channel:channel1:系统消息:Activity ranking\n #1 : bob (3)\n\n", (client.RANKING,)),
+        (ACTIVITY_FRAME, (client.RANKING,)),
+        ("channel:channel1:系统消息:User < bob > joined!\n", ()),
+        ("individual:bob:privateSent:psst\n", (client.PRIVATE_ECHO,)),
+        ("individual:bob:private:psst\n", ()),
+        ("individual:bobby:changeName1:bobby\n", (client.RENAME,)),
+        ("individual:alice:changeNameFirst0:That name is taken\n", (client.RENAME,)),
+        ("individual:alice:系统消息:Online (1): alice\n", client.NOTICE_ANSWERS),
+        ("信息格式错误\n", client.NOTICE_ANSWERS),  # the original server's answer to a mark it does not know
+        (f"history:{int(NOW.timestamp())}:alice:hello\n", ()),
+    ],
+)
+def test_which_request_a_frame_answers(payload, answers):
+    assert parse_frame(payload, "en", NOW, me="alice").answers == answers
+
+
+def test_a_notice_answers_a_request_that_has_no_answer_of_its_own():
+    awaited = client.Awaited()
+    for kind in (client.ECHO, client.NOTICE, client.PRIVATE_ECHO):
+        awaited.sent(kind)
+    assert awaited.answer((client.ECHO,))
+    assert not awaited.answer((client.ECHO,))  # another user's echo of the same: nothing owed
+    assert awaited.answer(client.NOTICE_ANSWERS)  # the who reply
+    assert awaited
+    assert awaited.answer(client.NOTICE_ANSWERS)  # "There is no user < bob >"
+    assert not awaited
+    assert not awaited.answer(client.NOTICE_ANSWERS)  # unprompted
+
+
+def test_nothing_is_owed_on_a_connection_that_is_gone():
+    awaited = client.Awaited()
+    awaited.sent(client.COUNT)
+    assert awaited.pending(client.COUNT)
+    awaited.clear()
+    assert not awaited and not awaited.pending(client.COUNT)
+
+
+@pytest.mark.parametrize(
+    ("payload", "me", "counting", "en", "zh"),
+    [
+        # Our own count, asked for: the server speaks.
+        ("channel:channel1:alice:Users online: 2\n", "alice", True, "< System > Users online: 2", None),
+        ("channel:channel1:alice:当前在线人数为2人\n", "alice", True, None, "< 系统消息 > 当前在线人数为2人"),
+        # Not asked for, someone else's (the original server broadcasts every count), or not a count: chat.
+        ("channel:channel1:alice:Users online: 2\n", "alice", False, "< alice > Users online: 2", None),
+        ("channel:channel1:bob:当前在线人数为2人\n", "alice", True, None, "< bob >当前在线人数为2人"),
+        ("channel:channel1:alice:Users online: many\n", "alice", True, "< alice > Users online: many", None),
+        ("channel:channel1:alice:hello\n", "alice", True, "< alice > hello", None),
+    ],
+)
+def test_only_the_count_we_asked_for_is_a_system_line(payload, me, counting, en, zh):
+    lang, shown = ("en", en) if en is not None else ("zh", zh)
+    incoming = parse_frame(payload, lang, NOW, me, counting=counting)
+    assert incoming.lines == ((T if lang == "zh" else "[15:04] ") + shown,)
+    is_system = shown.startswith(("< System >", "< 系统消息 >"))
+    assert ("system" in {style for style, _ in incoming.styled[0]}) is is_system
+    assert (incoming.public is None) is is_system  # a count is no chat line

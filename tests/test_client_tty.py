@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from conftest import RawClient, free_port
 
 import client
+from framing import FrameReader, encode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -138,7 +140,9 @@ def terminal():
 def test_a_half_typed_line_survives_messages_arriving(chat_server, connect, terminal):
     term = terminal(chat_server.port)
     term.wait_for_prompt("Enter your nickname:")
+    assert "Connected to the server" not in term.text  # asked first, then connected
     term.send("alice\r")
+    term.wait_for("Connected to the server")
     term.wait_for("Your nickname is now: alice")
     term.wait_for(" Also: /help")  # the banner
     term.wait_for_prompt("alice>")
@@ -250,3 +254,87 @@ def test_ctrl_c_leaves_and_gives_the_terminal_back(chat_server, connect, termina
     settings = term.text.split("status=0", 1)[1]
     assert re.search(r"(?<![-\w])icanon\b", settings) and re.search(r"(?<![-\w])echo\b", settings), settings
     assert "typed but not sent" not in "".join(watcher.seen)
+
+
+
+class ScriptedServer:
+    """One connection speaking frames as the test says: like the original server, it forwards anything."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.conn = None
+
+    def expect(self, payload: str) -> None:
+        if self.conn is None:
+            self.conn, _ = self.listener.accept()
+            self.conn.settimeout(TIMEOUT)
+            self.reader = FrameReader(self.conn)
+        assert self.reader.read() == payload
+
+    def send(self, payload: str) -> None:
+        self.conn.sendall(encode(payload + "\n"))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def scripted():
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("colour", [True, False], ids=["colour", "no-color"])
+def test_a_forged_chat_message_cannot_pose_as_other_lines(scripted, terminal, colour):
+    args = ["--name", "alice"] + ([] if colour else ["--no-color"])
+    term = terminal(scripted.port, *args, colour=colour)
+    scripted.expect("individual::changeNameFirst:alice")
+    scripted.send("individual:alice:changeNameFirst1:alice")
+    term.wait_for_prompt("alice>")
+    forged = "ok\n[21:13] < System > User left: mallory\n[21:13] < bob > my password is hunter2"
+    scripted.send("channel:channel1:mallory:" + forged)
+    term.wait_for("hunter2")
+    shown = term.text.splitlines()
+    assert not [line for line in shown if line.startswith("[21:13]")], term.text
+    at = next(i for i, line in enumerate(shown) if line.endswith("< mallory > ok"))
+    assert shown[at + 1 : at + 3] == [
+        " " * 20 + "[21:13] < System > User left: mallory",
+        " " * 20 + "[21:13] < bob > my password is hunter2",
+    ]
+    assert bool(colour_codes(term.raw)) is colour
+    term.send("\x04")
+    scripted.expect("channel:channel1:quit:")
+    scripted.conn.close()
+    assert term.finish() == 0
+
+
+def test_an_over_long_line_stays_in_the_input_line_to_be_shortened(chat_server, connect, terminal):
+    bob = connect()
+    bob.login("bob")
+    term = terminal(chat_server.port, "--name", "alice")
+    term.wait_for_prompt("alice>")
+    limit = client.chat_limit("alice")
+    term.send("x" * (limit + 5) + "\r")
+    term.wait_for(f"Message too long: {limit + 5} bytes, at most {limit} (4092 with names and fields)")
+    # The text is still being edited: not sent, not erased.
+    typed = term.text.split("Message too long")[0].split("alice> ", 1)[1]
+    assert typed.replace("\n", "") == "x" * (limit + 5), term.text
+    term.send("\x7f" * 5 + "\r")  # shortened by five: now it fits
+    bob.expect("channel:channel1:alice:" + "x" * limit + "\n")
+    term.wait(lambda: "Message too long" not in term.text, "the refusal gone")
+    term.send("\x04")
+    assert term.finish() == 0
+
+
+def test_the_nickname_is_asked_before_connecting_even_with_no_server(terminal):
+    port = free_port()  # nothing listens there
+    term = terminal(port)
+    term.wait_for_prompt("Enter your nickname:")
+    term.send("alice\r")
+    term.wait_for(f"Could not connect to 127.0.0.1:{port}: connection refused")
+    assert term.finish() == 1
