@@ -132,6 +132,17 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """``text`` with every control, format or separator character shown as ``<U+XXXX>``.
+
+    For what a user typed that the server says back to it (a name it looked
+    for, a room it is not in): such a text must not print a line of its own.
+    """
+    return "".join(
+        f"<U+{ord(c):04X}>" if unicodedata.category(c) in _FORBIDDEN_CATEGORIES else c for c in text
+    )
+
+
 # --- rooms -------------------------------------------------------------------
 
 
@@ -247,6 +258,12 @@ TEXTS: dict[str, dict[str, str]] = {
     "server_shutdown": {"zh": "服务器即将关闭", "en": "The server is shutting down"},
     "bad_utf8": {"zh": "信息不是有效的UTF-8编码", "en": "Message is not valid UTF-8"},
     "too_long": {"zh": "信息过长,最多{limit}字节", "en": "Message too long: at most {limit} bytes"},
+    # Said by the server and by the client, which refuses such a line before sending it.
+    # Short enough for the one line under a terminal's prompt (80 columns).
+    "text_too_long": {
+        "zh": "信息过长: {length}字节, 最多{limit}字节(连同昵称等字段共{frame}字节)",
+        "en": "Message too long: {length} bytes, at most {limit} ({frame} with names and fields)",
+    },
     "frame_error": {"zh": "数据帧错误,连接关闭: {reason}", "en": "Bad frame, closing: {reason}"},
     "name_empty": {"zh": "名字不能为空", "en": "The name must not be empty"},
     "name_too_long": {
@@ -373,11 +390,6 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "reconnected": {"zh": "已重新连接服务器", "en": "Reconnected to the server"},
     "reclaim_refused": {"zh": "无法取回昵称 < {name} >", "en": "Could not take the name < {name} > back"},
-    # Short enough for the one line under a terminal's prompt (80 columns).
-    "text_too_long": {
-        "zh": "信息过长: {length}字节, 最多{limit}字节(连同昵称等字段共{frame}字节)",
-        "en": "Message too long: {length} bytes, at most {limit} ({frame} with names and fields)",
-    },
     "held_offline": {
         "zh": "未连接: 重新连接后发送",
         "en": "Not connected: this will be sent once reconnected",

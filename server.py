@@ -643,7 +643,7 @@ class ChatServer:
                 conn.reply_text(problem)
             elif target_id is None:
                 # Original: published to channel "" and lost.
-                conn.reply_text("no_such_user", name=target)
+                conn.reply_text("no_such_user", name=p.printable(target))
             else:
                 # Original: delivered as a system message without the sender's
                 # name in the Go client's rendering, and not echoed.
@@ -654,7 +654,7 @@ class ChatServer:
                     self.update_activity(conn, batch)
                     batch.message(confirmation=echo)  # the echo only once it is delivered
                 else:
-                    conn.reply_too_long()
+                    conn.reply_too_long(message, payload, echo)
         elif mark == p.WHO:
             conn.reply_system(self.who_text())
         elif mark == p.ROOMS:
@@ -710,7 +710,7 @@ class ChatServer:
                 self.update_activity(conn, batch)
                 batch.message()  # its echo is the broadcast itself
             else:
-                conn.reply_too_long()
+                conn.reply_too_long(message, payload)
         return None
 
     def user_remove(self, conn: Connection) -> None:

@@ -261,6 +261,17 @@ class Connection:
         """Send the system text ``key`` (in the server's language) to this client only."""
         self.reply_system(self.text(key, **values))
 
-    def reply_too_long(self) -> None:
-        """Tell the client its message would not fit in one frame."""
-        self.send_payload(system_payload(p.INDIVIDUAL, self.name, self.text("too_long", limit=self.max_frame)))
+    def reply_too_long(self, text: str | None = None, *payloads: str) -> None:
+        """Tell the client its message would not fit in one frame.
+
+        With the user's ``text`` and the ``payloads`` that would carry it, the
+        reply says how long the text may be there: the frame limit less the
+        names and fields around it (the client says it the same way).
+        """
+        if text is None:
+            message = self.text("too_long", limit=self.max_frame)
+        else:
+            length = len(text.encode("utf-8"))
+            overhead = max(len(payload.encode("utf-8")) - length for payload in payloads) + 1  # and the "\n"
+            message = self.text("text_too_long", length=length, limit=self.max_frame - overhead, frame=self.max_frame)
+        self.send_payload(system_payload(p.INDIVIDUAL, self.name, message))

@@ -203,7 +203,7 @@ class Rooms:
             return
         display = conn.rooms.get(key)
         if display is None:
-            reason = self.text("room_not_member", room=name)
+            reason = self.text("room_not_member", room=p.printable(name))
             conn.reply(p.join_message(p.INDIVIDUAL, conn.name, p.PART_REFUSED, reason))
             return
         if not self.listeners.change_subscription(conn, conn.broadcast_sub, "unsubscribe", self.keys.room_channel(key)):
@@ -243,11 +243,11 @@ class Rooms:
         key = p.name_key(name)
         display = conn.rooms.get(key)
         if display is None:
-            conn.reply_system(self.text("room_chat_not_member", room=name))
+            conn.reply_system(self.text("room_chat_not_member", room=p.printable(name)))
             return False
         payload = p.join_message(p.CHANNEL, display, conn.name, message)
         if not conn.fits(payload):
-            conn.reply_too_long()
+            conn.reply_too_long(message, payload)
             return False
         batch.pipe.publish(self.keys.room_channel(key), payload)
         self.history.add(conn, message, batch, self.keys.room_history(key), room_prefix(display))
@@ -258,7 +258,7 @@ class Rooms:
         key = p.name_key(name)
         display = self.rdb.hget(self.keys.rooms, key)
         if display is None:
-            return self.text("no_such_room", room=name)
+            return self.text("no_such_room", room=p.printable(name))
         ids = list(self.rdb.smembers(self.keys.room_members(key)))
         names = [n.decode() for n in self.rdb.hmget(self.keys.users_name, ids) if n is not None] if ids else []
         names.sort(key=p.name_key)
@@ -270,7 +270,7 @@ class Rooms:
         key = p.name_key(name)
         display = self.rdb.hget(self.keys.rooms, key)
         if display is None:
-            return name, 0
+            return p.printable(name), 0
         return display.decode(), self.rdb.scard(self.keys.room_members(key))
 
     def list_text(self, lobby_count: int) -> str:

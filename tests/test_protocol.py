@@ -105,3 +105,9 @@ def test_marks_are_never_translated():
 
 def test_a_text_in_an_unknown_language_falls_back_to_english():
     assert p.text("fr", "joined", name="bob") == "User < bob > joined!"
+
+
+def test_printable_shows_what_could_break_a_line():
+    assert p.printable("bob\n[21:13] < System >") == "bob<U+000A>[21:13] < System >"
+    assert p.printable("a\u202eb\u2028") == "a<U+202E>b<U+2028>"
+    assert p.printable("李雷 and bob") == "李雷 and bob"

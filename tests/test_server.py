@@ -503,6 +503,17 @@ def test_chat_and_private_texts_that_could_forge_lines_are_refused_and_reach_nob
         bob.close()
 
 
+def test_a_name_the_server_says_back_cannot_print_a_line_of_its_own(connect):
+    alice = connect()
+    alice.login("alice")
+    alice.send("individual:bob\n[21.13] < System > hi::psst")
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        "individual:alice:系统消息:There is no user < bob<U+000A>[21.13] < System > hi >\n"
+    )
+    alice.send("channel:dev\x1b[2J::hello")
+    assert "dev<U+001B>[2J" in alice.expect(lambda f: f.startswith("individual:"))
+
+
 def test_the_servers_own_multi_line_texts_stay_as_they_are(connect):
     alice = connect()
     alice.login("alice")
@@ -514,10 +525,10 @@ def test_a_chat_text_too_long_for_the_clients_is_refused(connect):
     alice = connect()
     alice.login("alice")
     alice.send("channel:channel1::" + "x" * 4070)
-    assert alice.expect(lambda f: f.startswith("individual:")) == (
-        "individual:alice:系统消息:Message too long: at most 4092 bytes\n"
-    )
     longest = "x" * (4092 - len("channel:channel1:alice:") - 1)
+    assert alice.expect(lambda f: f.startswith("individual:")) == (
+        f"individual:alice:系统消息:Message too long: 4070 bytes, at most {len(longest)} (4092 with names and fields)\n"
+    )
     alice.send("channel:channel1::" + longest)
     alice.expect(f"channel:channel1:alice:{longest}\n")
 
