@@ -74,6 +74,9 @@ class FrameTimeout(FrameError):
 class InvalidUtf8(FrameError):
     """A whole frame arrived, but its payload is not UTF-8; the stream is still in step."""
 
+    #: The key of the server's answer in protocol.TEXTS (a subclass may have its own).
+    answer = "bad_utf8"
+
 
 def encode(text: str) -> bytes:
     """Return the frame for ``text``: header and payload as one bytes object."""
@@ -200,6 +203,10 @@ class FrameReader:
         self._timed = bool(self._first_frame_timeout or self._frame_timeout or self._idle_timeout)
         if not self._timed:
             self._arm(0)  # an untimed recv must not inherit the last deadline
+
+    def has_frame(self) -> bool:
+        """True when :meth:`read` would not wait for the peer (a whole frame, or an error, is buffered)."""
+        return self.decoder.has_frame()
 
     def read(self) -> str | None:
         """Return the next frame's text, or None at a clean end of stream.

@@ -265,6 +265,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Message too long: {length} bytes, at most {limit} ({frame} with names and fields)",
     },
     "frame_error": {"zh": "数据帧错误,连接关闭: {reason}", "en": "Bad frame, closing: {reason}"},
+    "ws_binary": {
+        "zh": "不接受二进制消息: 每条信息请用文本消息发送",
+        "en": "Binary messages are not accepted: send each payload as a text message",
+    },
     "name_empty": {"zh": "名字不能为空", "en": "The name must not be empty"},
     "name_too_long": {
         "zh": f"名字最长{MAX_NAME_LENGTH}个字符",
@@ -393,6 +397,67 @@ TEXTS: dict[str, dict[str, str]] = {
     "held_offline": {
         "zh": "未连接: 重新连接后发送",
         "en": "Not connected: this will be sent once reconnected",
+    },
+    # The web page's texts (chatroom/static/chat.js, served to it as /page.json).
+    "web_title": {"zh": "多人聊天室", "en": "Chat room"},
+    "web_intro": {
+        "zh": "与终端和 Go 客户端的用户在同一个聊天室聊天。",
+        "en": "Chat with the people on the terminal and Go clients, in the same rooms.",
+    },
+    "web_nickname": {"zh": "昵称", "en": "Nickname"},
+    "web_password": {"zh": "密码(仅限已注册的名字)", "en": "Password (registered names only)"},
+    "web_enter": {"zh": "进入聊天室", "en": "Enter the chat"},
+    "web_connecting": {"zh": "正在连接…", "en": "Connecting…"},
+    "web_lost": {"zh": "无法连接服务器,{delay:g}秒后重试…", "en": "Cannot reach the server; trying again in {delay:g} s…"},
+    "web_login_failed": {"zh": "登录失败: {reason}", "en": "Could not log in: {reason}"},
+    "web_rooms": {"zh": "房间", "en": "Rooms"},
+    "web_lobby": {"zh": "大厅", "en": "lobby"},
+    "web_join_label": {"zh": "加入或创建房间", "en": "Join or create a room"},
+    "web_join": {"zh": "加入", "en": "Join"},
+    "web_part": {"zh": "退出房间 {room}", "en": "Leave the room {room}"},
+    "web_members": {"zh": "成员", "en": "Members"},
+    "web_members_count": {"zh": "成员({count})", "en": "Members ({count})"},
+    "web_message_label": {"zh": "发送到 {room} 的信息", "en": "Message to {room}"},
+    "web_placeholder": {"zh": "发送到 {room} (输入 /help 查看指令)", "en": "Message {room} (/help for commands)"},
+    "web_send": {"zh": "发送", "en": "Send"},
+    "web_new_messages": {"zh": "有新消息 ↓", "en": "New messages ↓"},
+    "web_you": {"zh": "我", "en": "you"},
+    "web_private_from": {"zh": "私聊 来自 {name}", "en": "private from {name}"},
+    "web_private_to": {"zh": "私聊 发给 {name}", "en": "private to {name}"},
+    "web_offline": {
+        "zh": "未连接: 信息仍在输入框中,重新连接后请再发送",
+        "en": "Not connected: your text stays in the box; send it again once reconnected",
+    },
+    "web_left": {"zh": "你已离开聊天室。", "en": "You left the chat."},
+    "web_enter_again": {"zh": "重新进入", "en": "Enter again"},
+    "web_language": {"zh": "English", "en": "中文"},
+    "web_help": {
+        "zh": (
+            "指令(不区分大小写):\n"
+            "  /join 房间        加入或创建房间\n"
+            "  /part [房间]      退出房间(默认当前房间)\n"
+            "  /msg 名字 内容    私聊 (名字含空格时加引号)\n"
+            "  /nick 名字        更改昵称\n"
+            "  /who              当前房间的成员\n"
+            "  /online           在线人数\n"
+            "  /top              活跃排行\n"
+            "  /rooms            所有房间\n"
+            "  /quit             离开聊天室\n"
+            "  //内容            发送以 / 开头的内容"
+        ),
+        "en": (
+            "Commands (case-insensitive):\n"
+            "  /join ROOM        join (or create) a room\n"
+            "  /part [ROOM]      leave a room (this one by default)\n"
+            '  /msg NAME TEXT    a private message ("A NAME" in quotes)\n'
+            "  /nick NAME        change your nickname\n"
+            "  /who              who is in this room\n"
+            "  /online           how many users are online\n"
+            "  /top              activity ranking\n"
+            "  /rooms            every room\n"
+            "  /quit             leave the chat\n"
+            "  //TEXT            send a text that starts with /"
+        ),
     },
     # How the client frames what it prints.  The zh forms are what the Go
     # client's Println produces, spaces included.

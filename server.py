@@ -74,6 +74,7 @@ from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
 from chatroom.redisdb import Batch, Departure, Keys
 from chatroom.rooms import Rooms
+from chatroom.websocket import WebSocketListener
 from framing import FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
 __all__ = ["ChatServer", "Config", "main", "parse_args"]
@@ -107,7 +108,7 @@ class ChatServer:
     thread.  ``shutdown()`` is idempotent and used by signals and tests alike.
     """
 
-    def __init__(self, config: Config, rdb: redis.Redis | None = None) -> None:
+    def __init__(self, config: Config, rdb: redis.Redis | None = None, *, ws_ssl_context=None) -> None:
         self.config = config
         self.rdb = rdb if rdb is not None else redisdb.connect_redis(config)
         redisdb.check_internals(self.rdb)
@@ -132,6 +133,12 @@ class ChatServer:
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
+        #: The browsers' front door (--ws-port; wss:// with an ssl.SSLContext).
+        self.websocket = (
+            WebSocketListener(config, self.register, self.handle_connection, ssl_context=ws_ssl_context)
+            if config.ws_port is not None
+            else None
+        )
 
     @property
     def server_id(self) -> str:
@@ -151,13 +158,19 @@ class ChatServer:
         if not self.membership.server_id:
             self.membership.server_id = f"{socket.gethostname()}-{self.port}"
         try:
+            if self.websocket is not None:
+                self.websocket.bind()
             self.init()
         except BaseException:
             listener.close()
             self._listener = None
+            if self.websocket is not None:
+                self.websocket.stop()
             raise
         self.membership.start()
         self.health.start_notifier()
+        if self.websocket is not None:
+            self.websocket.start()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
 
     @property
@@ -201,7 +214,30 @@ class ChatServer:
     def admit(self, sock: socket.socket, address: tuple) -> None:
         """Start serving an accepted socket, or refuse it with a reason."""
         config = self.config
-        ip = address[0]
+        bucket = TokenBucket(config.rate_limit, config.rate_burst)
+        conn = Connection(sock, address, bucket, max_frame=config.max_frame, lang=config.lang)
+        # Named again once the user has an id.
+        conn.reader_thread = threading.Thread(target=self.handle_connection, args=(conn,), name="conn-?", daemon=True)
+        refusal = self.register(conn)
+        if refusal is not None:
+            self.refuse(sock, refusal)
+            return
+        try:
+            conn.reader_thread.start()
+        except RuntimeError as exc:  # out of threads
+            logger.error("cannot start a thread for %s:%d: %s", *address[:2], exc)
+            self._forget(conn)
+            self.refuse(sock, "server_busy")
+
+    def register(self, conn: Connection) -> str | None:
+        """Count a new connection in, or return the text key of why it may not come in.
+
+        The rules of every listener (TCP, WebSocket).  A connection is counted
+        before its reader runs, so a shutdown racing with its accept still
+        sees, and waits for, it.
+        """
+        config = self.config
+        ip = conn.address[0]
         with self._connections_lock:
             if self._shutting_down.is_set():  # accepted just before the listener closed
                 refusal = "server_shutdown"
@@ -210,26 +246,11 @@ class ChatServer:
             elif config.max_per_ip and self._per_ip.get(ip, 0) >= config.max_per_ip:
                 refusal = "too_many_from_ip"
             else:
-                refusal = None
-                bucket = TokenBucket(config.rate_limit, config.rate_burst)
-                conn = Connection(sock, address, bucket, max_frame=config.max_frame, lang=config.lang)
-                # Named again once the user has an id.
-                thread = threading.Thread(target=self.handle_connection, args=(conn,), name="conn-?", daemon=True)
-                # Registered before start(), so a shutdown racing with this
-                # accept still sees, and waits for, the new connection.
-                conn.reader_thread = thread
                 self.connections.add(conn)
                 self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        if refusal is not None:
-            logger.warning("refusing %s:%d: %s", ip, address[1], refusal)
-            self.refuse(sock, refusal)
-            return
-        try:
-            thread.start()
-        except RuntimeError as exc:  # out of threads
-            logger.error("cannot start a thread for %s:%d: %s", ip, address[1], exc)
-            self._forget(conn)
-            self.refuse(sock, "server_busy")
+                return None
+        logger.warning("refusing %s:%d: %s", ip, conn.address[1], refusal)
+        return refusal
 
     def refuse(self, sock: socket.socket, reason: str) -> None:
         """Send one system message to a connection we will not serve, and close it."""
@@ -315,6 +336,8 @@ class ChatServer:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
         self.membership.unregister()
+        if self.websocket is not None:  # what is left: page requests, handshakes refused as shutting down
+            self.websocket.stop()
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
@@ -386,7 +409,7 @@ class ChatServer:
             thread.join(self.config.close_timeout)
         for sub in conn.subscriptions:
             sub.close()
-        conn.sock.close()
+        conn.close()
         self._forget(conn)
         logger.debug("%r: released", conn)
 
@@ -441,8 +464,7 @@ class ChatServer:
     def read_client(self, conn: Connection) -> None:
         """Read frames and handle each in order until the client leaves."""
         config = self.config
-        reader = FrameReader(
-            conn.sock,
+        reader = conn.frame_reader(  # frames over TCP; a browser's WebSocket messages
             config.max_frame,
             first_frame_timeout=config.login_timeout,
             frame_timeout=config.frame_timeout,
@@ -455,6 +477,7 @@ class ChatServer:
             self.flush(conn, batch)
 
     def _read_frames(self, conn: Connection, reader: FrameReader, batch: Batch) -> None:
+        """``reader``: a FrameReader, or anything that reads as one (a browser's MessageReader)."""
         while True:
             if conn.joined and reader.idle_timeout:
                 # A named user who only reads is a user, not an idle socket:
@@ -464,7 +487,7 @@ class ChatServer:
             # trip: a sender with many frames in flight costs Redis, and every
             # listener, one burst instead of one wake-up per message.  Before
             # a read that may block, whatever is queued goes out.
-            if len(batch) >= BATCH_LIMIT or (len(batch) and not reader.decoder.has_frame()):
+            if len(batch) >= BATCH_LIMIT or (len(batch) and not reader.has_frame()):
                 self.flush(conn, batch)
             try:
                 msg = reader.read()
@@ -474,7 +497,7 @@ class ChatServer:
                     if self.refuse_flood(conn):
                         continue
                     return
-                conn.reply_text("bad_utf8")
+                conn.reply_text(exc.answer)  # or a WebSocket's binary message
                 continue
             except FrameTimeout as exc:
                 logger.info("%r: %s; closing the connection", conn, exc)
@@ -779,6 +802,8 @@ def say_listening(server: ChatServer) -> None:
     """Print where the server listens; a standard output that cannot be written must not stop it."""
     try:
         print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+        if server.websocket is not None:
+            print(f"chatroom web page at {server.websocket.url}", flush=True)
     except OSError as exc:  # e.g. > /dev/full
         logger.warning("cannot write to standard output (%s); going on without it", exc)
         # What is left in its buffer would fail again at exit, with status 120.

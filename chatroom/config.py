@@ -13,6 +13,7 @@ import argparse
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 
 import protocol as p
@@ -81,6 +82,45 @@ def _text(value):
     return value
 
 
+def _optional_text(value):
+    return None if value in (None, "") else value
+
+
+def _optional_port(value):
+    if value in (None, ""):
+        return None
+    return _number(int, 0, 65535)(value)
+
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[^\s/:@\[\]?#]+)(:[0-9]{1,5})?")
+
+
+def _origins(value):
+    """``--ws-origins``: a comma-separated allow-list of ``scheme://host[:port]``, as browsers send them."""
+    if value in (None, "", ()):
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    origins = []
+    for item in items:
+        origin = str(item).strip().lower()  # browsers send the scheme and host in lower case
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"not an origin (http[s]://host[:port], comma-separated): {item!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+# An HTTP header name (RFC 9110's token).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _header_name(value):
+    if value in (None, ""):
+        return None
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"not an HTTP header name: {value!r}")
+    return value
+
+
 def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, group=None):
     """A :class:`Config` field and everything its flag needs: one place for its default.
 
@@ -94,6 +134,7 @@ def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, 
 
 
 LIMITS = "limits"
+WEB = "web"
 
 #: Largest --max-frame: beyond it a single frame is a memory attack of its own.
 FRAME_CEILING = 1 << 24
@@ -215,6 +256,32 @@ class Config:
         convert=_number(float, 0),
         metavar="PER_S",
     )
+    #: The browser's front door (chatroom/websocket.py): the page at /, the chat at /ws.
+    ws_port: int | None = setting(
+        None, "serve the web page and WebSocket chat on this port (0: any free port; none: off)",
+        env="CHATROOM_WS_PORT", convert=_optional_port, group=WEB,
+    )
+    ws_host: str | None = setting(None, "address of the web listener (default: --host)", convert=_optional_text,
+                                  group=WEB)
+    #: Origin headers allowed to open the chat: defends against cross-site WebSocket
+    #: hijacking.  None: the page's own origin only (the one the request's Host names).
+    ws_origins: tuple[str, ...] | None = setting(
+        None, "comma-separated origins whose pages may open the chat, e.g. https://chat.example.com "
+        "(default: the page's own origin)", convert=_origins, metavar="ORIGINS", group=WEB,
+    )
+    #: The header a reverse proxy puts the client's address in; its last entry counts
+    #: for --max-per-ip and the log.  None: the socket's own address.
+    trust_proxy: str | None = setting(
+        None, "take the client's address from this header set by your reverse proxy, e.g. X-Forwarded-For "
+        "(only behind one: clients can send any header)", convert=_header_name, metavar="HEADER", group=WEB,
+    )
+    #: Pings keep idle tabs (and the proxies between) connected; a tab that does not
+    #: answer before the next one is due has gone away.  Pongs are not chat: no flood
+    #: token, no activity, and they do not keep a nameless connection from its idle limit.
+    ws_ping_interval: float = setting(
+        20.0, "seconds between WebSocket pings; no pong by the next ping drops the tab (0: off)",
+        convert=_number(float, 0.05, 3600, off_at_zero=True), group=WEB,
+    )
     #: The CPU the process runs on: "auto", "none" or a number (see :func:`pin_to_cpu`).
     #: Applied by :func:`main` only: it is the whole process's, not one server's.
     cpu: str = setting(
@@ -254,7 +321,10 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     """
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="chatroom-server", description="redis-chatroom server")
-    limits = parser.add_argument_group("limits (the help of each says what 0 means)")
+    groups = {
+        LIMITS: parser.add_argument_group("limits (the help of each says what 0 means)"),
+        WEB: parser.add_argument_group("the web page and the browsers' WebSocket chat (off without --ws-port)"),
+    }
     bad_environment = []
     for item in fields(Config):
         meta = item.metadata
@@ -273,7 +343,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
                     default = meta["convert"](environ[env])
                 except ValueError as exc:  # each reason quotes the value (a URL masked)
                     bad_environment.append(f"{env}: {exc}")
-        target = limits if meta["group"] == LIMITS else parser
+        target = groups.get(meta["group"], parser)
         target.add_argument(
             "--" + item.name.replace("_", "-"),
             dest=item.name,

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 import protocol as p
-from framing import GO_READ_BUFFER, encode_bytes, timeval
+from framing import GO_READ_BUFFER, FrameReader, encode_bytes, timeval
 
 if TYPE_CHECKING:
     import redis
@@ -231,6 +231,16 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def close(self) -> None:
+        """Close the socket, once every thread of the connection is done with it."""
+        self.sock.close()
+
+    # --- the read side ---------------------------------------------------------------
+
+    def frame_reader(self, max_frame: int, **deadlines: float) -> FrameReader:
+        """The reader of this client's payloads, under the server's limits (see :class:`~framing.FrameReader`)."""
+        return FrameReader(self.sock, max_frame, **deadlines)
 
     # --- replies straight to this client --------------------------------------------
 
