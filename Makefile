@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run client test lint redis-server clean fuzz bench bench-quick
+.PHONY: install run client web test lint redis-server chromium clean fuzz bench bench-quick screenshot
 
 $(RUN_STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(STAMP)
 run: $(RUN_STAMP)
 	$(PY) server.py $(ARGS)
 
+## make web: the server with the browsers' page at http://127.0.0.1:8080/ (ARGS as for run)
+web: $(RUN_STAMP)
+	$(PY) server.py --ws-port 8080 $(ARGS)
+
 ## make client: the chat client (ARGS="--port 9527 --lang zh" ...)
 client: $(RUN_STAMP)
 	$(PY) client.py $(ARGS)
@@ -32,10 +36,25 @@ client: $(RUN_STAMP)
 test: $(STAMP)
 	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server || \
 		echo "redis-server could not be installed: the real-Redis tests will be skipped"
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium || \
+		echo "chromium could not be installed: the browser tests will be skipped"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+## chromium: install Debian's chromium, the browser of the browser tests (needs root and apt)
+chromium:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	command -v chromium
+
+## make screenshot: docs/screenshot.png and docs/screenshot-phone.png, the page with a few messages
+screenshot: $(STAMP)
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium
+	@# The Chinese names and texts in the picture need a CJK font.
+	@fc-list 2>/dev/null | grep -qi -e zenhei -e "noto.*cjk" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei >/dev/null; } || true
+	CHATROOM_SCREENSHOT_DIR=docs $(PY) -m pytest -q tests/test_browser.py -k "screenshots and fake"
 
 ## redis-server: install Debian's redis-server (needs root and apt)
 redis-server:

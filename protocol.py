@@ -414,6 +414,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "web_lobby": {"zh": "大厅", "en": "lobby"},
     "web_join_label": {"zh": "加入或创建房间", "en": "Join or create a room"},
     "web_join": {"zh": "加入", "en": "Join"},
+    "web_room_name": {"zh": "房间名", "en": "Room name"},
     "web_part": {"zh": "退出房间 {room}", "en": "Leave the room {room}"},
     "web_members": {"zh": "成员", "en": "Members"},
     "web_members_count": {"zh": "成员({count})", "en": "Members ({count})"},

@@ -372,14 +372,15 @@ class WebSocketListener:
         self.handle_connection = handle_connection
         self.ssl_context = ssl_context
         self._server = None
+        self._address: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
         self._pages: dict[str, tuple[bytes, str]] = {}
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the listener is bound to."""
-        assert self._server is not None, "call bind() first"
-        return self._server.socket.getsockname()[:2]
+        """The (host, port) the listener is bound to (still known once it is closed)."""
+        assert self._address is not None, "call bind() first"
+        return self._address
 
     @property
     def port(self) -> int:
@@ -417,6 +418,7 @@ class WebSocketListener:
             )
         except OSError as exc:
             raise OSError(exc.errno, f"the web port {host}:{config.ws_port}: {exc.strerror}") from None
+        self._address = self._server.socket.getsockname()[:2]
 
     def load_pages(self) -> dict[str, tuple[bytes, str]]:
         """The page's files and settings, by path: read once, served from memory."""

@@ -164,7 +164,7 @@
   const atBottom = (log) => log.scrollHeight - log.scrollTop - log.clientHeight < STICKY;
 
   function clock(date, withDay) {
-    const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
     return withDay ? `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}` : time;
   }
 
