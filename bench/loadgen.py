@@ -13,6 +13,11 @@ over a pipe, one command at a time, and every command answers with one reply:
 Every client reads all the time, whatever the phase, so the server never
 blocks on a full socket buffer of ours.
 
+With ``transport="ws"`` the clients speak WebSocket to the server's
+``/ws`` instead (the ``websocket`` scenario): the same payloads, one text
+message each, masked with a zero key (legal, and free), and the server's
+pings answered.
+
 Chat messages carry their own evidence::
 
     channel:channel1:<name>:m<sid> <seq> <t_send_ns>\\n
@@ -47,6 +52,43 @@ def frame(text: str) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def tcp_frame(data: bytes) -> bytes:
+    return HEADER.pack(len(data)) + data
+
+
+# --- WebSocket ---------------------------------------------------------------------
+
+WS_HANDSHAKE = (
+    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: YmVuY2gtbG9hZGdlbmtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+WS_TEXT, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x8, 0x9, 0xA
+_WS_SHORT = struct.Struct("!BB4x")  # the zero mask key follows the length
+_WS_MEDIUM = struct.Struct("!BBH4x")
+
+
+def ws_frame(data: bytes, opcode: int = WS_TEXT) -> bytes:
+    """A client's frame: final, masked (clients must mask) with the key 0, which leaves the payload as it is."""
+    length = len(data)
+    if length < 126:
+        return _WS_SHORT.pack(0x80 | opcode, 0x80 | length) + data
+    return _WS_MEDIUM.pack(0x80 | opcode, 0x80 | 126, length) + data
+
+
+def ws_open(sock: socket.socket, port: int) -> None:
+    """The opening handshake, blocking; the server sends nothing after it until spoken to."""
+    sock.sendall(WS_HANDSHAKE.format(port=port).encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("closed during the WebSocket handshake")
+        response += chunk
+    if not response.startswith(b"HTTP/1.1 101"):
+        status = response.split(b"\r\n", 1)[0]
+        raise OSError(f"WebSocket handshake refused: {status!r}")
+
+
 def name_of(index: int) -> str:
     """Client ``index``'s nickname (fixed width keeps every chat frame one size)."""
     return f"u{index:05d}"
@@ -61,6 +103,7 @@ class Client:
     __slots__ = (
         "acked",
         "closed",
+        "encode",
         "fd",
         "index",
         "logged_in",
@@ -75,9 +118,10 @@ class Client:
         "sock",
     )
 
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, sock: socket.socket, encode=tcp_frame) -> None:
         self.index = index
         self.sock = sock
+        self.encode = encode  # a payload's bytes -> what goes on the wire
         self.fd = sock.fileno()
         self.rest = b""
         self.name = name_of(index)
@@ -137,7 +181,7 @@ class ChatRun:
         seq = c.sent
         c.sent += 1
         data = f"channel:channel1::m{c.sid:02d} {seq:06d} {time.monotonic_ns()}".encode()
-        c.sock.sendall(HEADER.pack(len(data)) + data)
+        c.sock.sendall(c.encode(data))
 
     def due_sends(self, now: int) -> int | None:
         """Open loop: send what is due; return the next due time (ns) or None."""
@@ -183,9 +227,11 @@ class ChatRun:
 
 
 class Worker:
-    def __init__(self, port: int, conn) -> None:
+    def __init__(self, port: int, conn, transport: str = "tcp") -> None:
         self.port = port
         self.conn = conn  # multiprocessing pipe end
+        self.websocket = transport == "ws"
+        self.read_client = self.on_readable_ws if self.websocket else self.on_readable
         self.epoll = select.epoll()
         self.clients: dict[int, Client] = {}
         self.by_fd: dict[int, Client] = {}
@@ -201,7 +247,7 @@ class Worker:
         for fd, _ in self.epoll.poll(timeout):
             c = self.by_fd.get(fd)
             if c is not None:
-                self.on_readable(c)
+                self.read_client(c)
 
     def on_readable(self, c: Client) -> None:
         try:
@@ -228,6 +274,66 @@ class Worker:
                 break
             payload = data[pos + 4 : stop]
             pos = stop
+            frames += 1
+            if payload[:17] == b"channel:channel1:" and payload[-8:-1].isdigit():
+                m = CHAT.match(payload)
+                if m is not None:
+                    if run is None:
+                        self.foreign_chat(c)
+                    else:
+                        self.on_chat(run, c, m, now)
+                    continue
+            if not c.logged_in and payload == c.login_reply:
+                c.logged_in = True
+        c.rest = data[pos:] if pos < end else b""
+        self.frames += frames
+        self.last_frame_at = time.monotonic()
+
+    def on_readable_ws(self, c: Client) -> None:
+        """:meth:`on_readable` for WebSocket frames (kept apart: the TCP loop is the hot path of the others)."""
+        try:
+            data = c.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.drop(c, f"recv: {exc}")
+            return
+        if not data:
+            self.drop(c, "closed by the server")
+            return
+        now = time.monotonic_ns()
+        if c.rest:
+            data = c.rest + data
+        end = len(data)
+        pos = 0
+        run = self.run
+        frames = 0
+        while end - pos >= 2:
+            first, length = data[pos], data[pos + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                header = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                header = 10
+            stop = pos + header + length
+            if stop > end:
+                break
+            payload = data[pos + header : stop]
+            pos = stop
+            opcode = first & 0x0F
+            if opcode != WS_TEXT:
+                if opcode == WS_PING:
+                    c.sock.sendall(ws_frame(payload, WS_PONG))
+                elif opcode == WS_CLOSE:
+                    self.drop(c, f"close frame {payload[:2].hex()} from the server")
+                    return
+                continue
             frames += 1
             if payload[:17] == b"channel:channel1:" and payload[-8:-1].isdigit():
                 m = CHAT.match(payload)
@@ -311,16 +417,18 @@ class Worker:
                 index = todo.pop()
                 try:
                     sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                    if self.websocket:
+                        ws_open(sock, self.port)
                 except OSError as exc:
                     self.errors.append(f"connect {index}: {exc}")
                     failed += 1 + len(todo)
                     todo.clear()
                     break
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                c = Client(index, sock)
+                c = Client(index, sock, ws_frame if self.websocket else tcp_frame)
                 self.clients[index] = c
                 self.by_fd[c.fd] = c
-                sock.sendall(frame(f"individual::changeNameFirst:{c.name}"))
+                sock.sendall(c.encode(f"individual::changeNameFirst:{c.name}".encode()))
                 sock.setblocking(False)
                 self.epoll.register(c.fd, select.EPOLLIN)
                 c.login_sent_at = time.monotonic_ns()
@@ -400,9 +508,9 @@ class Worker:
                 conn.send({"error": f"unknown command {command!r}"})
 
 
-def worker_main(port: int, conn) -> None:
-    """Entry point of a worker process."""
+def worker_main(port: int, conn, transport: str = "tcp") -> None:
+    """Entry point of a worker process; ``transport``: "tcp" (frames) or "ws" (WebSocket messages)."""
     try:
-        Worker(port, conn).serve()
+        Worker(port, conn, transport).serve()
     except KeyboardInterrupt:
         pass

@@ -14,6 +14,9 @@ Scenarios (``--scenarios``, comma-separated):
   fixed     N = 200; 10 senders at 10 messages/s for 20 s (20,000 deliveries/s).
   rtt       ./online and ./activity round trips with 10 and 1000 users online.
   capacity  connect and name up to 3,000 clients, then one broadcast to all.
+  websocket N = 200 clients on the web listener (--ws-port), speaking WebSocket:
+            the fan-out runs of ``fanout``, and the server's RSS and threads
+            per WebSocket client.
 
 Only loopback traffic; every wait is bounded in time.
 """
@@ -136,6 +139,8 @@ class Bench:
         self.redis_url: str | None = None
         self.server: subprocess.Popen | None = None
         self.port = 0
+        #: The web listener's port, when the server has one (the websocket scenario).
+        self.ws_port = 0
         self.workers: list[multiprocessing.Process] = []
         self.pipes = []
         self._limits_off: list[str] | None = None
@@ -183,8 +188,10 @@ class Bench:
             ]
         return self._limits_off
 
-    def start_server(self) -> None:
+    def start_server(self, websocket: bool = False) -> None:
+        """A fresh server; ``websocket``: with its web listener, and workers that speak WebSocket to it."""
         self.port = free_port()
+        self.ws_port = free_port() if websocket else 0
         if self.redis_url:
             # Every server starts on an empty Redis: one killed while stopping
             # (after the 30 s below) must not leave names that the next room's
@@ -202,6 +209,8 @@ class Bench:
         ]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
+        if websocket:
+            cmd += ["--ws-port", str(self.ws_port)]
         cmd += self.limits_off() + self.args.server_arg
         # PYTHONPATH: a server script copied elsewhere (an older variant) still imports ours.
         env = {**os.environ, "PYTHONPATH": self.pythonpath()}
@@ -217,7 +226,8 @@ class Bench:
         ctx = multiprocessing.get_context("fork")
         for _ in range(self.args.workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(self.port, child), daemon=True)
+            target = (self.ws_port, child, "ws") if websocket else (self.port, child)
+            proc = ctx.Process(target=worker_main, args=target, daemon=True)
             proc.start()
             self.workers.append(proc)
             self.pipes.append(parent)
@@ -489,11 +499,36 @@ def run_capacity(bench: Bench, n: int, args):
     yield out
 
 
+def run_websocket(bench: Bench, n: int, args):
+    """N WebSocket clients log in on a server with its web listener; then ``runs`` fan-out runs.
+
+    The server's RSS and threads are read before and after the logins: their
+    growth per client is what a browser tab costs the server.
+    """
+    bench.stop_server()  # the one main() started has no web listener
+    bench.start_server(websocket=True)
+    time.sleep(0.2)
+    base = proc_status(bench.server.pid)
+    log_in_room(bench, n, args)
+    status = proc_status(bench.server.pid)
+    per_client = {
+        "rss_kb_per_client": (status["rss_kb"] - base["rss_kb"]) / n,
+        "threads_per_client": (status["threads"] - base["threads"]) / n,
+    }
+    for _ in range(args.runs):
+        result = bench.chat(senders_for(n, 10), args.messages, window=16, timeout=args.chat_timeout)
+        result.update(per_client)
+        yield result
+        if not settle_after(bench, result):
+            return
+
+
 SCENARIOS = {
     "fanout": (run_fanout, "sizes"),
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
     "capacity": (run_capacity, "capacity_sizes"),
+    "websocket": (run_websocket, "websocket_sizes"),
 }
 
 
@@ -525,7 +560,7 @@ def summarize(scenario: str, runs: list[dict]) -> dict:
     summary["errors"] = [r["error"] for r in runs if "error" in r] + [
         e for r in good for e in r.get("errors", [])
     ][:3]
-    if scenario in ("fanout", "fixed"):
+    if scenario in ("fanout", "fixed", "websocket"):
         summary["rates"] = [r.get("rate") for r in good]
         # Correctness is summed over the runs, not a median: every one must be 0.
         for key in ("lost", "duplicated", "reordered", "misattributed"):
@@ -596,6 +631,21 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {fmt(s.get('rss_kb_per_client'), '{:.0f}')} | {fmt(s.get('threads_per_client'), '{:.2f}')} "
                 f"| {fmt(s.get('broadcast_all_ms'))} | {fmt(pct(s.get('login_server_cpu')), '{:.0f}%')} "
                 f"| {fmt(pct(s.get('login_redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('login_loadgen_cpu')), '{:.0f}%')} |"
+                f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "websocket" in by:
+        p("\n## WebSocket fan-out (10 senders x 200 messages, window 16, every client on /ws) - medians")
+        p(
+            "| backend | N | deliveries/s | TCP fan-out deliveries/s | p50 ms | p99 ms | lost/dup/reord/misattr "
+            "| server CPU | redis CPU | loadgen CPU | RSS KB/WebSocket client | threads/WebSocket client |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["websocket"]:
+            tcp = results.get(("fanout", backend, n), {}).get("rate")
+            p(
+                f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {fmt(tcp, '{:,.0f}')} "
+                f"| {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {correctness_and_cpu_cells(s)} "
+                f"| {fmt(s.get('rss_kb_per_client'), '{:.0f}')} | {fmt(s.get('threads_per_client'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
             )
     if NOTES:
@@ -679,7 +729,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenarios", default="fanout,fixed,rtt,capacity")
+    parser.add_argument("--scenarios", default="fanout,fixed,rtt,capacity,websocket")
     parser.add_argument("--backends", default="real,embedded", help="real (redis-server) and/or embedded")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 run, smaller sizes: a smoke test")
@@ -687,6 +737,7 @@ def parse_args(argv=None):
     parser.add_argument("--fixed-sizes", default="200")
     parser.add_argument("--rtt-sizes", default="10,1000")
     parser.add_argument("--capacity-sizes", default="3000")
+    parser.add_argument("--websocket-sizes", default="200", help="WebSocket fan-out client counts")
     parser.add_argument(
         "--embedded-sizes",
         default="50,200",
@@ -728,6 +779,7 @@ def parse_args(argv=None):
         args.sizes = "50,200"
         args.rtt_sizes = "10,200"
         args.capacity_sizes = "500"
+        args.websocket_sizes = "50"
         args.fixed_seconds = 5.0
     return args
 
