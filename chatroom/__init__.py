@@ -17,6 +17,8 @@ in the Go file's order; it calls into this package for the machinery:
     cluster     several processes on one Redis: heartbeats, reaping the dead,
                 reconciling after an outage, and Redis health notices
     history     the public messages kept for newcomers
+    rooms       rooms beside the lobby: join, part, chat, who, the list
+    websocket   the browsers' front door: the page (static/) at /, the chat at /ws
 
 Imports flow one way: ``framing`` and ``protocol`` import nothing of the
 project; this package imports them and itself, never ``server`` or
