@@ -160,8 +160,12 @@ def test_two_browser_tabs_and_a_terminal_chat_in_one_room_in_order(web_server, c
         assert tab.wait_for_lines(9) == expected
         assert tab.errors == []
     assert ann.log.locator(".chat.mine").count() == 3  # one's own lines stand out
-    # The members list is the room's.
+    # The members list is the room's, kept by the join and leave notices.
     expect(ann.page.locator("#member-list li")).to_have_count(3, timeout=SHOWN)
+    tom.send("channel:channel1:quit:")
+    ann.wait_for_line("User left: tom")
+    expect(ann.page.locator("#member-list li")).to_have_text(["ann (you)", "ben"], timeout=SHOWN)
+    expect(ann.page.locator("#members-title")).to_have_text("Members (2)")
 
 
 def test_a_browser_user_joins_a_room_and_parts_it(web_server, contexts, connect):

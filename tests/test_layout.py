@@ -83,3 +83,12 @@ def test_redis_py_internals_are_read_in_the_adapter_only():
         text = path.read_text(encoding="utf-8")
         for private in ("._parser", "redis._parsers", "_HiredisParser", "connection._sock"):
             assert private not in text, f"{name} reads {private}"
+
+
+def test_websockets_internals_are_read_in_the_web_listener_only():
+    for name, path in SOURCES.items():
+        if name == "chatroom.websocket":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for private in ("protocol_mutex", "process_event", "recv_messages", "websockets.sync"):
+            assert private not in text, f"{name} reads {private}"

@@ -17,6 +17,9 @@
   const COLOURS = 12;
   // Near the bottom (pixels): arriving messages keep the view at the bottom.
   const STICKY = 48;
+  // Lines kept per room, and live lines remembered to recognise replayed history.
+  const MAX_LINES = 2000;
+  const MAX_REMEMBERED = 5000;
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, className, text) => {
@@ -187,6 +190,7 @@
     }
     item.append(el("span", "text", line.text));
     log.append(item);
+    if (log.childElementCount > MAX_LINES) log.firstElementChild.remove();
     if (target.key === state.current) {
       if (stick) log.scrollTop = log.scrollHeight;
       else if (!line.local) $("new-messages").hidden = false;
@@ -221,7 +225,9 @@
       const seen = state.shown.get(key) || [];
       seen.push(now);
       if (seen.length > 20) seen.shift();
+      state.shown.delete(key);  // re-inserted: the map's order is the order last seen
       state.shown.set(key, seen);
+      if (state.shown.size > MAX_REMEMBERED) state.shown.delete(state.shown.keys().next().value);
     }
     addLine(target, { kind: "chat", sender, text, history, when, mine: sender === state.me });
   }
@@ -294,7 +300,28 @@
     if (target.truncated) list.append(el("li", "more", "…"));
   }
 
-  // Ask for a room's members without printing the answer (after a join or a leave there).
+  // A join or leave notice changes the list where it is said; asking the server each time
+  // would make every tab ask on every login, which a big lobby cannot afford.
+  function noteMembers(entry, text) {
+    if (!entry.members) return;
+    const lobby = entry.key === LOBBY;
+    const joined = matchServer(lobby ? "joined" : "room_joined", text);
+    const left = matchServer(lobby ? "left" : "room_left", text);
+    if (joined && !entry.members.includes(joined.name)) {
+      entry.members.push(joined.name);
+      entry.members.sort((a, b) => fold(a).localeCompare(fold(b)));
+      entry.count += 1;
+    } else if (left) {
+      const at = entry.members.indexOf(left.name);
+      if (at >= 0) entry.members.splice(at, 1);
+      entry.count = Math.max(0, entry.count - 1);
+    } else {
+      return;
+    }
+    if (entry.key === state.current) renderMembers();
+  }
+
+  // Ask for a room's members without printing the answer (on showing the room).
   function refreshMembers(key, delay = 300) {
     clearTimeout(state.refreshTimers.get(key));
     state.refreshTimers.set(key, setTimeout(() => {
@@ -438,8 +465,7 @@
       }
       if (!entry) return;
       systemLine(entry, text);
-      const keys = entry.key === LOBBY ? ["joined", "left"] : ["room_joined", "room_left"];
-      if (keys.some((key) => matchServer(key, text))) refreshMembers(entry.key);
+      noteMembers(entry, text);
       return;
     }
     if (mark === state.me && state.pendingCount &&
