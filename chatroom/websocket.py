@@ -31,9 +31,10 @@ names), the login and idle deadlines, the flood bucket, slow readers
 * the page is served with a Content-Security-Policy that allows no inline
   script and no other origin.
 
-websockets' internals (the protocol lock, ``process_event``) are used here
-and nowhere else, for the websockets range pinned in setup.cfg; without the
-lock the send path falls back to websockets' public ``send``.
+websockets' internals (the protocol lock, ``process_event``, the server's
+per-socket handler and its thread set) are used here and nowhere else, for
+the websockets range pinned in setup.cfg; without the lock the send path
+falls back to websockets' public ``send``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ CLOSE_TIMEOUT = 1.0
 REFUSAL_CODES = {"server_shutdown": 1001}
 TRY_AGAIN_LATER = 1013
 LISTEN_BACKLOG = 1024
+#: Sockets open on the web port beyond the chat's own limits (--max-clients, --max-per-ip):
+#: the page's requests and handshakes in progress.  Past them a new socket is closed at
+#: once, so that idle connections cannot pile up threads for the open timeout each.
+SOCKETS_BEYOND_CLIENTS = 256
+SOCKETS_BEYOND_PER_IP = 8
 
 #: No inline script or style, nothing from another origin, no framing: a
 #: string that reached the page as HTML could still not run.
@@ -375,6 +381,9 @@ class WebSocketListener:
         self._address: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
         self._pages: dict[str, tuple[bytes, str]] = {}
+        self._sockets_lock = threading.Lock()
+        self._sockets = 0
+        self._sockets_per_ip: dict[str, int] = {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -419,6 +428,7 @@ class WebSocketListener:
         except OSError as exc:
             raise OSError(exc.errno, f"the web port {host}:{config.ws_port}: {exc.strerror}") from None
         self._address = self._server.socket.getsockname()[:2]
+        self._server.handler = self._bounded(self._server.handler)
 
     def load_pages(self) -> dict[str, tuple[bytes, str]]:
         """The page's files and settings, by path: read once, served from memory."""
@@ -443,6 +453,43 @@ class WebSocketListener:
             self._thread.join(CLOSE_TIMEOUT)
 
     # --- one request ----------------------------------------------------------------
+
+    def _bounded(self, handle_socket):
+        """websockets' per-socket handler, run only within the bounds on open sockets.
+
+        Behind a trusted proxy every socket comes from the proxy: then only the
+        total is bounded, and the chat's per-address limit, on the header's
+        address, does the rest.
+        """
+        config = self.config
+        server = self._server
+        total = config.max_clients + SOCKETS_BEYOND_CLIENTS
+        per_ip = config.max_per_ip + SOCKETS_BEYOND_PER_IP if config.max_per_ip and not config.trust_proxy else 0
+
+        def bounded(sock: socket.socket, address) -> None:
+            ip = address[0]
+            with self._sockets_lock:
+                admitted = self._sockets < total and not (per_ip and self._sockets_per_ip.get(ip, 0) >= per_ip)
+                if admitted:
+                    self._sockets += 1
+                    self._sockets_per_ip[ip] = self._sockets_per_ip.get(ip, 0) + 1
+            if not admitted:
+                logger.warning("refusing a socket on the web port from %s:%d: too many open", ip, address[1])
+                sock.close()
+                # What websockets' handler does last, so that its shutdown does not wait for this thread.
+                with server.lock:
+                    server.handler_threads.discard(threading.current_thread())
+                return
+            try:
+                handle_socket(sock, address)
+            finally:
+                with self._sockets_lock:
+                    self._sockets -= 1
+                    self._sockets_per_ip[ip] -= 1
+                    if not self._sockets_per_ip[ip]:
+                        del self._sockets_per_ip[ip]
+
+        return bounded
 
     def _route(self, connection: ServerConnection, request) -> Response | None:
         """The page's files by path; at /ws, the origin check, then the WebSocket handshake."""

@@ -297,6 +297,29 @@ def test_the_per_address_limit_counts_terminals_and_tabs_together(make_server, c
     assert refused.expect_closed() == ["individual::系统消息:Too many connections from your address\n"]
 
 
+def test_idle_sockets_on_the_web_port_are_bounded_and_the_page_still_loads(make_server):
+    server = make_server(ws_port=0, max_per_ip=2)
+    port = server.websocket.port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2 + 8)]  # at the bound
+    try:
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(10)
+        assert extra.recv(1) == b""  # closed at once, not held for the open timeout
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the closed sockets' handlers end as websockets notices: poll for the page
+        try:
+            assert get(server, "/").status == 200
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    WsClient(server).login("fine")
+
+
 def test_behind_a_trusted_proxy_the_header_names_the_address(make_server):
     server = make_server(ws_port=0, max_per_ip=1, trust_proxy="X-Forwarded-For")
     first = WsClient(server, headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.1"})
