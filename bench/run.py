@@ -14,6 +14,9 @@ Scenarios (``--scenarios``, comma-separated):
   fixed     N = 200; 10 senders at 10 messages/s for 20 s (20,000 deliveries/s).
   rtt       ./online and ./activity round trips with 10 and 1000 users online.
   capacity  connect and name up to 3,000 clients, then one broadcast to all.
+  rooms     N = 1000 clients in rooms of 10 (100 rooms), one sender per room,
+            every room busy at once (200 messages each, window 16); reported
+            beside the lobby's fan-out, with the server's CPU per message sent.
 
 Only loopback traffic; every wait is bounded in time.
 """
@@ -288,16 +291,24 @@ class Bench:
             "errors": [e for r in replies for e in r["errors"]],
         }
 
+    def join(self, room_size: int, timeout: float) -> dict:
+        """Every logged-in client joins room index // room_size."""
+        replies = self.all([("join", room_size, timeout)] * len(self.pipes), timeout + 30)
+        return {"joined": sum(r["joined"] for r in replies), "errors": [e for r in replies for e in r["errors"]]}
+
     def quiet(self, seconds: float, timeout: float) -> bool:
         replies = self.all([("quiet", seconds, timeout)] * len(self.pipes), timeout + 30)
         return all(r["quiet"] for r in replies)
 
-    def chat(self, sender_indexes: list[int], count: int, *, window=None, rate=None, timeout: float) -> dict:
+    def chat(
+        self, sender_indexes: list[int], count: int, *, window=None, rate=None, timeout: float, room_size=None
+    ) -> dict:
         t0 = time.monotonic_ns() + 300_000_000
         spec = {
             "count": count,
             "window": window,
             "rate": rate,
+            "room_size": room_size,
             "t0": t0,
             "deadline": t0 + int(timeout * 1e9),
             "sender_indexes": sender_indexes,
@@ -344,6 +355,9 @@ class Bench:
         out["server_cpu"] = usage.get("server_cpu")
         out["redis_cpu"] = usage.get("redis_cpu")
         out["ctxsw_per_delivery"] = usage["ctxsw"] / out["delivered"] if out["delivered"] else None
+        # The server's cost of one message sent, whatever the room's size: CPU seconds / messages.
+        server_seconds = (usage.get("server_cpu") or 0.0) * usage["seconds"]
+        out["server_cpu_ms_per_message"] = server_seconds / out["sent"] * 1000 if out["sent"] else None
         out.update(percentiles(lat))
         out["errors"] = [e for r in replies for e in r["errors"]]
         return out
@@ -454,6 +468,24 @@ def run_rtt(bench: Bench, n: int, args):
         sock.close()
 
 
+def run_rooms(bench: Bench, n: int, args):
+    """N clients in rooms of ``--room-size``, one sender per room, every room at once."""
+    log_in_room(bench, n, args)
+    joined = bench.join(args.room_size, timeout=args.login_timeout)
+    if joined["joined"] < n:
+        raise RuntimeError(f"only {joined['joined']}/{n} joined their rooms: {joined['errors'][:3]}")
+    bench.quiet(0.3, 60)
+    senders = list(range(0, n, args.room_size))
+    for _ in range(args.runs):
+        result = bench.chat(
+            senders, args.messages, window=16, timeout=args.chat_timeout, room_size=args.room_size
+        )
+        result["rooms"] = len(senders)
+        yield result
+        if not settle_after(bench, result):
+            return
+
+
 def run_capacity(bench: Bench, n: int, args):
     """One run on a fresh server: logging in is what is measured."""
     time.sleep(0.2)
@@ -494,6 +526,7 @@ SCENARIOS = {
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
     "capacity": (run_capacity, "capacity_sizes"),
+    "rooms": (run_rooms, "rooms_sizes"),
 }
 
 
@@ -546,16 +579,17 @@ def print_tables(results: dict, out=sys.stdout) -> None:
         p("\n## Fan-out (10 senders x 200 messages, window 16) - medians")
         p(
             "| backend | N | deliveries/s | runs (deliveries/s) | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
-            "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery |"
+            "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery | server CPU ms/message |"
         )
-        p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
+        p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
         for backend, n, s in by["fanout"]:
             runs = " / ".join(fmt(r, "{:,.0f}") for r in s.get("rates", []))
             p(
                 f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {runs} | {fmt(s.get('p50_ms'))} "
                 f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
                 f"| {correctness_and_cpu_cells(s)} "
-                f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} |{flag(s, backend + ' N=' + str(n))}"
+                f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} "
+                f"| {fmt(s.get('server_cpu_ms_per_message'), '{:.3f}')} |{flag(s, backend + ' N=' + str(n))}"
             )
     if "fixed" in by:
         p("\n## Fixed load (10 senders x 10 msg/s, 20,000 deliveries/s offered) - medians")
@@ -581,6 +615,20 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {backend} | {n} | {fmt(s.get('online_p50_ms'), '{:.2f}')} | {fmt(s.get('online_p99_ms'), '{:.2f}')} "
                 f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "rooms" in by:
+        p("\n## Rooms (rooms of 10, one sender each, 200 messages, window 16, all rooms at once) - medians")
+        p(
+            "| backend | N | rooms | deliveries/s | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
+            "| server CPU | redis CPU | loadgen CPU | server CPU ms/message |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        for backend, n, s in by["rooms"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('rooms'), '{:.0f}')} | {fmt(s.get('rate'), '{:,.0f}')} "
+                f"| {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
+                f"| {correctness_and_cpu_cells(s)} | {fmt(s.get('server_cpu_ms_per_message'), '{:.3f}')} |"
+                f"{flag(s, backend + ' rooms N=' + str(n))}"
             )
     if "capacity" in by:
         p("\n## Capacity (each login broadcasts a join notice to everyone already there) - medians")
@@ -687,6 +735,8 @@ def parse_args(argv=None):
     parser.add_argument("--fixed-sizes", default="200")
     parser.add_argument("--rtt-sizes", default="10,1000")
     parser.add_argument("--capacity-sizes", default="3000")
+    parser.add_argument("--rooms-sizes", default="1000", help="clients in the rooms scenario")
+    parser.add_argument("--room-size", type=int, default=10, help="members of each room in the rooms scenario")
     parser.add_argument(
         "--embedded-sizes",
         default="50,200",
@@ -728,6 +778,7 @@ def parse_args(argv=None):
         args.sizes = "50,200"
         args.rtt_sizes = "10,200"
         args.capacity_sizes = "500"
+        args.rooms_sizes = "200"
         args.fixed_seconds = 5.0
     return args
 
