@@ -132,6 +132,21 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def fit_listing(items: list[str], render, max_frame: int) -> str:
+    """``render(listing, count)`` with as many of ``items`` as fit one reply frame; ", …" marks a cut.
+
+    The reply is sent as ``individual:<name>:系统消息:<text>``: room is left
+    for the longest name (32 characters of up to 4 bytes).
+    """
+    shown = list(items)
+    while True:
+        listing = ", ".join(shown) + (", …" if len(shown) < len(items) else "")
+        message = render(listing, len(items))
+        if fits(f"{INDIVIDUAL}:{'x' * 4 * MAX_NAME_LENGTH}:{SYSTEM}:{message}", max_frame) or not shown:
+            return message
+        shown = shown[: len(shown) * 3 // 4]
+
+
 def printable(text: str) -> str:
     """``text`` with every control, format or separator character shown as ``<U+XXXX>``.
 

@@ -761,14 +761,9 @@ class ChatServer:
     def who_text(self) -> str:
         """The names online, sorted, as many as fit in one frame (``who``: not in the Go server)."""
         names = sorted((name.decode() for name in self.rdb.hvals(self.keys.users_name)), key=p.name_key)
-        shown = list(names)
-        while True:
-            listing = ", ".join(shown) + (", …" if len(shown) < len(names) else "")
-            message = self.text("who", count=len(names), names=listing)
-            # The longest name prefix the reply can carry: individual:<name>:系统消息:
-            if p.fits(f"individual:{'x' * 128}:系统消息:{message}", self.config.max_frame) or not shown:
-                return message
-            shown = shown[: len(shown) * 3 // 4]
+        return p.fit_listing(
+            names, lambda listing, count: self.text("who", count=count, names=listing), self.config.max_frame
+        )
 
     def text(self, key: str, **values: object) -> str:
         """A human-readable text in the server's language."""
