@@ -379,7 +379,8 @@ class ChatServer:
         # connections and a goroutine per disconnect.
         for sub in conn.subscriptions:
             try:
-                sub.unsubscribe()
+                with conn.sub_lock:  # the listener records confirmations under it
+                    sub.unsubscribe()
             except (redis.RedisError, OSError):
                 pass
         for thread in conn.listener_threads:
