@@ -64,6 +64,20 @@ class Keys:
         self.broadcast = prefix + p.BROADCAST
         self._personal = prefix + "user:"
         self._prefix = prefix
+        # Accounts and moderation (chatroom/accounts.py, chatroom/moderation.py).
+        self.accounts = prefix + "accounts"
+        self.bans = prefix + "bans"
+        self.mutes = prefix + "mutes"
+        self.moderation_log = prefix + "moderationLog"
+        self.control = prefix + "control"
+
+    def account(self, name_key: str) -> str:
+        """The hash of one registered account: name, hash, oper, created."""
+        return f"{self._prefix}account:{name_key}"
+
+    def login_failures(self, kind: str, who: str) -> str:
+        """The failed-login counter of one name (``kind`` "name") or source address ("address")."""
+        return f"{self._prefix}loginFailures:{kind}:{who}"
 
     def server_alive(self, server_id: str) -> str:
         """The heartbeat key of one server process (it expires when the process dies)."""
