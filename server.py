@@ -303,7 +303,7 @@ class ChatServer:
             self._forget(conn)
             self.refuse(sock, "server_busy")
 
-    def refuse(self, sock: socket.socket, reason: str, **values: object) -> None:
+    def refuse(self, sock: socket.socket, reason: str, /, **values: object) -> None:
         """Send one system message to a connection we will not serve, and close it.
 
         In clear text, on the TLS port too: no handshake is made for a refusal.

@@ -406,9 +406,10 @@ class Moderation:
         if user_id is None:
             return self._refuse(conn, p.KICK, "no_such_user", name=name)
         name = self._current_name(user_id) or name
+        # The notice first: the room then hears why before it hears that the user left.
+        self.announce_about(conn, conn.text("kicked_notice", name=name, by=conn.name, reason=reason_suffix(reason)))
         self.control.publish("kick", user=user_id, by=conn.name, reason=reason)
         self._record(conn, "kick", name, reason)
-        self.announce_about(conn, conn.text("kicked_notice", name=name, by=conn.name, reason=reason_suffix(reason)))
         return self._done(conn, p.KICK, "kick_done", name=name)
 
     def ban(self, conn: Connection, text: str) -> None:
@@ -431,11 +432,11 @@ class Moderation:
         sanction = Sanction(now + duration if duration else 0, conn.name, reason, now, shown)
         self.rdb.hset(self.keys.bans, field, sanction.to_json())
         self.sanctions.set_ban(field, sanction)  # here at once; the others by the control channel
-        self.control.publish("ban", field=field, sanction=sanction._asdict())
         until = sanction.until_text(conn.lang)
-        self._record(conn, "ban", shown, f"{until}{reason_suffix(reason)}")
         notice = conn.text("banned_notice", target=shown, by=conn.name, until=until, reason=reason_suffix(reason))
-        self.announce_about(conn, notice)
+        self.announce_about(conn, notice)  # before the banned users are closed, and announced as gone
+        self.control.publish("ban", field=field, sanction=sanction._asdict())
+        self._record(conn, "ban", shown, f"{until}{reason_suffix(reason)}")
         return self._done(conn, p.BAN, "ban_done", target=shown, until=until)
 
     def unban(self, conn: Connection, text: str) -> None:
