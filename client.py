@@ -54,6 +54,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import string
 import sys
 import threading
@@ -64,6 +65,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import framing
+from chatroom import client_identity
 from framing import MAX_FRAME, FrameError, FrameReader, InvalidUtf8
 from protocol import (
     ACTIVITY,
@@ -88,6 +90,7 @@ from protocol import (
     TEXTS,
     WHO,
     join_message,
+    redacted,
     split_message,
     text,
 )
@@ -353,6 +356,10 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "") -> Incomin
         if mark in (PRIVATE_IN, PRIVATE_SENT):
             key = "private_in" if mark == PRIVATE_IN else "private_out"
             return Incoming((stamp + styled(lang, key, "private", name=name, text=("private", shown)),))
+        answer = client_identity.answer_text(mark, message, lang)  # register1, login0, kick1, ...
+        if answer is not None:
+            incoming = _system(lang, "system_personal", stamp, text=sanitize(answer[0]))
+            return incoming._replace(event=REFUSED) if answer[1] else incoming
         return _system(lang, "unknown_error", stamp)
 
     if target_type == CHANNEL:
@@ -475,7 +482,10 @@ def slash_command(line: str, name: str, lang: str = "en") -> Action:
     command = words[0].casefold()
     rest = line[len(words[0]) :].strip()
     if command == "/help":
-        return Action(notice=text(lang, "help"))
+        return Action(notice=text(lang, "help") + "\n" + text(lang, "help_accounts"))
+    identity = client_identity.slash_command(line, name, lang)  # accounts and moderation
+    if identity is not None:
+        return Action(payload=identity[0], notice=identity[1])
     if command == "/quit":
         return Action(QUIT_PAYLOAD, quit=True)
     if command == "/who":
@@ -616,8 +626,14 @@ class Session:
         colour: bool = False,
         address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         reconnect: bool = False,
+        tls: ssl.SSLContext | None = None,
+        password: str | None = None,
     ) -> None:
         self.sock = sock
+        #: The TLS context to (re)connect with (--tls), or None for clear text.
+        self.tls = tls
+        #: The password of the first nickname (CHATROOM_PASSWORD): it is logged in to, not claimed.
+        self.password = password
         self.lang = lang
         self.out = out if out is not None else sys.stdout
         self.colour = colour
@@ -652,7 +668,7 @@ class Session:
         A failed send hangs up, which wakes :func:`read_msg`; it reports the
         close, so there is one path for "the server went away".
         """
-        logger.debug("send %r", payload)
+        logger.debug("send %r", redacted(payload))
         try:
             with self._send_lock:
                 self.sock.sendall(framing.encode(payload))
@@ -975,6 +991,8 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         if nick is None:
             nick = get_user_input(session, "ask_name")
         action = nickname_action(nick, session.lang)
+        if session.password and action.payload is not None:
+            action = Action(client_identity.login_payload(nick, session.password))
         if action.notice:
             session.say(action.notice)
         if action.payload is not None:
@@ -982,6 +1000,7 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
             if wait_for_answer(session):
                 return
             # Refused: read_msg has printed the server's reason.
+            session.password = None  # a wrong one is not tried on the next name
             if reclaim:
                 session.notice("reclaim_refused", name=sanitize(nick))
                 reclaim = False
@@ -1028,9 +1047,11 @@ def wait_offline(session: Session, seconds: float) -> None:
         # Anything else is news of the lost connection: nothing to do.
 
 
-def open_connection(address: tuple[str, int]) -> socket.socket:
-    """Connect to the server; raises ``OSError``."""
+def open_connection(address: tuple[str, int], tls: ssl.SSLContext | None = None) -> socket.socket:
+    """Connect to the server, over TLS with a context; raises ``OSError`` (``ssl.SSLError`` for TLS)."""
     sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    if tls is not None:
+        return client_identity.connect_tls(sock, address[0], tls)
     sock.settimeout(None)
     return sock
 
@@ -1055,7 +1076,7 @@ def reconnect(session: Session) -> None:
         session.notice("reconnect_wait", delay=delay, attempt=session.attempts)
         wait_offline(session, delay)
         try:
-            sock = open_connection(session.address)
+            sock = open_connection(session.address, session.tls)
         except OSError as exc:
             logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
             session.notice("reconnect_failed", error=exc.strerror or exc)
@@ -1146,7 +1167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
-    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
+    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken); "
+                        "with CHATROOM_PASSWORD set, it is logged in to with that password")
     parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
     parser.add_argument(
         "--reconnect",
@@ -1157,6 +1179,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "of input) and take the same name back; default: on with a terminal, off with a pipe"
         ),
     )
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="connect over TLS, verifying the server's certificate against the system's CAs (or --tls-ca)",
+    )
+    parser.add_argument("--tls-ca", metavar="FILE", help="verify the server against these CA certificates (PEM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
     return parser.parse_args(argv)
 
@@ -1188,15 +1215,28 @@ def main(argv: list[str] | None = None) -> int:
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
     address = (args.host, args.port)
+    tls_context = None
+    if args.tls or args.tls_ca:
+        try:
+            tls_context = client_identity.tls_context(args.tls_ca)
+        except ValueError as exc:
+            print(exc, flush=True)
+            return 1
     try:
-        sock = open_connection(address)
+        sock = open_connection(address, tls_context)
+    except ssl.SSLError as exc:  # a refused certificate above all: one line that says so
+        print(client_identity.tls_failure(args.host, args.port, exc, lang), flush=True)
+        return 1
     except OSError as exc:
         print(text(lang, "connect_failed", error=exc), flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
     reconnect = interactive if args.reconnect is None else args.reconnect
-    session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect)
+    # A password on the command line would be visible to every user of the host (ps).
+    password = os.environ.get("CHATROOM_PASSWORD") or None
+    session = Session(sock, lang, colour=colour, address=address, reconnect=reconnect, tls=tls_context,
+                      password=password)
     if interactive:
         session.terminal = Terminal(session.inbox, session.prompt_text)
         session.prompt_key = None if args.name else "ask_name"

@@ -478,6 +478,35 @@ TEXTS: dict[str, dict[str, str]] = {
     "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
     "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
     "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},
+    # Client texts of accounts, moderation and TLS (chatroom/client_identity.py).
+    "usage_command": {"zh": "用法: {usage}", "en": "Usage: {usage}"},
+    "registered_you": {
+        "zh": "< {name} > 已注册,下次请用 /login {name} 密码 登录",
+        "en": "< {name} > is registered to you: next time, log in with /login {name} PASSWORD",
+    },
+    "password_changed": {"zh": "< {name} > 的密码已修改", "en": "The password of < {name} > is changed"},
+    "unregistered_you": {"zh": "< {name} > 已取消注册", "en": "< {name} > is no longer registered"},
+    "tls_failed": {"zh": "无法经TLS连接 {host}:{port}: {reason}", "en": "Could not connect to {host}:{port} over TLS: {reason}"},
+    "help_accounts": {
+        "zh": (
+            "账号:\n"
+            "  /register 密码           注册当前昵称\n"
+            "  /login 名字 密码         登录已注册的昵称\n"
+            "  /password 旧密码 新密码  修改密码\n"
+            "  /unregister 密码         取消注册\n"
+            "管理员: /kick 名字 [原因]  /ban 名字|ip=地址 时长 [原因]  /unban 名字|ip=地址  /bans\n"
+            "        /mute 名字 时长 [原因]  /unmute 名字  /announce 内容   (时长: 10m, 2h, 1d, 0 = 直到解除)"
+        ),
+        "en": (
+            "Accounts:\n"
+            "  /register PASSWORD    register the nickname you hold\n"
+            "  /login NAME PASSWORD  take a registered nickname\n"
+            "  /password OLD NEW     change your password\n"
+            "  /unregister PASSWORD  remove your account\n"
+            "Operators: /kick NAME [REASON]  /ban NAME|ip=ADDRESS DURATION [REASON]  /unban NAME|ip=ADDRESS  /bans\n"
+            "           /mute NAME DURATION [REASON]  /unmute NAME  /announce TEXT   (DURATION: 10m, 2h, 1d, 0 = until lifted)"
+        ),
+    },
     "history_mark": {"zh": "(历史) ", "en": "(history) "},
     "offline": {"zh": "(离线) ", "en": "(offline) "},
     "reconnect_wait": {
