@@ -367,7 +367,7 @@ def parse_args(argv: list[str] | None = None, environ=None) -> Config:
     values = {item.name: getattr(args, item.name) for item in fields(Config) if item.metadata["flag"]}
     try:
         config = Config(**values)
-    except ValueError as exc:  # only a bad default could get here: the flags are checked already
+    except ValueError as exc:  # settings that do not go together (TLS), or a bad default
         parser.error(str(exc))
     if config.max_frame > MAX_FRAME:
         logger.warning(
