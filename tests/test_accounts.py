@@ -371,3 +371,21 @@ def test_the_hasher_verifies_and_knows_old_parameters():
         assert not hasher.verify("not a hash", PASSWORD)
     finally:
         hasher.stop(5)
+
+
+def test_past_the_hash_queue_a_login_is_refused_not_queued():
+    import threading
+
+    hasher = accounts.PasswordHasher(workers=1, queue_limit=1)  # not started yet: nothing is taken
+    waiting = threading.Thread(target=hasher.hash, args=(PASSWORD,))
+    waiting.start()
+    try:
+        deadline = threading.Event()
+        while hasher._jobs.qsize() < 1 and not deadline.wait(0.01):  # the queue has no event to await
+            pass
+        with pytest.raises(accounts.HashingBusy):
+            hasher.verify("$argon2id$whatever", PASSWORD)
+    finally:
+        hasher.start()
+        waiting.join(10)
+        hasher.stop(5)

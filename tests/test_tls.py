@@ -351,3 +351,24 @@ def test_sighup_reads_the_certificate_again_for_new_connections(ca, cert_files, 
         proc.terminate()
         assert proc.wait(10) == 0
         log.close()
+
+
+def test_tls_connections_release_every_thread_and_redis_connection(tls_server, trusting):
+    from conftest import threads_back_to
+
+    before = set(threading.enumerate())
+    released = tls_server.released
+    pool = tls_server.rdb.connection_pool
+    in_use = len(pool._in_use_connections)
+    silent = socket.create_connection(("127.0.0.1", tls_server.tls_port))
+    talker = RawClient(tls_server.tls_port, tls=trusting)
+    talker.login("alice")
+    talker.send("channel:channel1:quit:")
+    talker.expect_closed()
+    quitter = RawClient(tls_server.tls_port, tls=trusting)
+    quitter.login("bob")
+    quitter.close()  # gone without a goodbye
+    silent.close()  # gone before its handshake
+    assert tls_server.wait_for_released(released + 3, 10)
+    assert threads_back_to(before) == []
+    assert len(pool._in_use_connections) == in_use
