@@ -68,6 +68,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import string
 import threading
 import time
@@ -78,6 +79,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import framing
+from chatroom import client_identity
 from framing import MAX_FRAME, FrameError, FrameReader, FrameTooLarge, InvalidUtf8, NegativeLength
 from protocol import (
     ACTIVITY,
@@ -102,6 +104,7 @@ from protocol import (
     TEXTS,
     WHO,
     join_message,
+    redacted,
     split_message,
     text,
 )
@@ -451,6 +454,10 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "", *, countin
             key = "private_in" if mark == PRIVATE_IN else "private_out"
             shown_lines = _user_lines(stamp, lang, key, "private", "private", message, name=name)
             return Incoming(shown_lines, answers=(PRIVATE_ECHO,) if mark == PRIVATE_SENT else ())
+        answer = client_identity.answer_text(mark, message, lang)  # register1, login0, kick1, ...
+        if answer is not None:
+            incoming = _system(lang, "system_personal", stamp, text=sanitize(answer[0]))._replace(answers=NOTICE_ANSWERS)
+            return incoming._replace(event=REFUSED) if answer[1] else incoming
         return _system(lang, "unknown_error", stamp)._replace(answers=NOTICE_ANSWERS)
 
     if target_type == CHANNEL:
@@ -663,7 +670,10 @@ def slash_command(line: str, name: str, lang: str = "en") -> Action:
     command = words[0].casefold()
     rest = line[len(words[0]) :].strip()
     if command == "/help":
-        return Action(notice=text(lang, "help"))
+        return Action(notice=text(lang, "help") + "\n" + text(lang, "help_accounts"))
+    identity = client_identity.slash_command(line, name, lang)  # accounts and moderation
+    if identity is not None:
+        return Action(payload=identity[0], notice=identity[1])
     if command == "/quit":
         return Action(QUIT_PAYLOAD, quit=True)
     if command == "/who":
@@ -802,8 +812,14 @@ class Session:
         colour: bool = False,
         address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         reconnect: bool = False,
+        tls: ssl.SSLContext | None = None,
+        password: str | None = None,
     ) -> None:
         self.sock = sock
+        #: The TLS context to (re)connect with (--tls), or None for clear text.
+        self.tls = tls
+        #: The password of the first nickname (CHATROOM_PASSWORD): it is logged in to, not claimed.
+        self.password = password
         self.lang = lang
         self.out = out if out is not None else sys.stdout
         self.colour = colour
@@ -845,7 +861,7 @@ class Session:
         A failed send hangs up, which wakes :func:`read_msg`; it reports the
         close, so there is one path for "the server went away".
         """
-        logger.debug("send %r", payload)
+        logger.debug("send %r", redacted(payload))
         kind = request_kind(payload)
         try:
             with self._send_lock:
@@ -1226,6 +1242,8 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         if nick is None:
             nick = get_user_input(session, "ask_name")
         action = nickname_action(nick, session.lang)
+        if session.password and action.payload is not None:
+            action = Action(client_identity.login_payload(nick, session.password))
         if action.notice:
             session.say(action.notice)
         if action.payload is not None:
@@ -1240,6 +1258,7 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
             if wait_for_answer(session):
                 return
             # Refused: read_msg has printed the server's reason.
+            session.password = None  # a wrong one is not tried on the next name
             if reclaim:
                 session.notice("reclaim_refused", name=sanitize(nick))
                 reclaim = False
@@ -1303,9 +1322,11 @@ def wait_offline(session: Session, seconds: float) -> None:
         # Anything else is news of the lost connection: nothing to do.
 
 
-def open_connection(address: tuple[str, int]) -> socket.socket:
-    """Connect to the server; raises ``OSError``."""
+def open_connection(address: tuple[str, int], tls: ssl.SSLContext | None = None) -> socket.socket:
+    """Connect to the server, over TLS with a context; raises ``OSError`` (``ssl.SSLError`` for TLS)."""
     sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    if tls is not None:
+        return client_identity.connect_tls(sock, address[0], tls)
     sock.settimeout(None)
     return sock
 
@@ -1331,7 +1352,7 @@ def reconnect(session: Session) -> None:
         session.notice("reconnect_wait", delay=delay, attempt=session.attempts)
         wait_offline(session, delay)
         try:
-            sock = open_connection(session.address)
+            sock = open_connection(session.address, session.tls)
         except OSError as exc:
             logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
             where = format_address(session.address)
@@ -1517,7 +1538,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port", type=port_argument, default=DEFAULT_PORT, help="server port (default: %(default)s)"
     )
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
-    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
+    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken); "
+                        "with CHATROOM_PASSWORD set, it is logged in to with that password")
     parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
     parser.add_argument(
         "--reconnect",
@@ -1528,6 +1550,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "of input) and take the same name back; default: on with a terminal, off with a pipe"
         ),
     )
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="connect over TLS, verifying the server's certificate against the system's CAs (or --tls-ca)",
+    )
+    parser.add_argument("--tls-ca", metavar="FILE", help="verify the server against these CA certificates (PEM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
     return parser.parse_args(argv)
 
@@ -1558,8 +1585,19 @@ def main(argv: list[str] | None = None) -> int:
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
     address = (args.host, args.port)
+    tls_context = None
+    if args.tls or args.tls_ca:
+        try:
+            tls_context = client_identity.tls_context(args.tls_ca)
+        except ValueError as exc:
+            print(exc, flush=True)
+            return 1
     reconnect = interactive if args.reconnect is None else args.reconnect
-    session = Session(None, args.lang, colour=colour, address=address, reconnect=reconnect)
+    # A password on the command line would be visible to every user of the host (ps).
+    password = os.environ.get("CHATROOM_PASSWORD") or None
+    session = Session(
+        None, args.lang, colour=colour, address=address, reconnect=reconnect, tls=tls_context, password=password
+    )
     if interactive:
         session.terminal = Terminal(session.inbox, session.prompt_text, session.refusal)
         session.prompt_key = None if args.name else "ask_name"
@@ -1578,7 +1616,10 @@ def main(argv: list[str] | None = None) -> int:
         except (EndOfInput, Interrupted, KeyboardInterrupt):
             return leave(session)  # never connected: nothing to tell the server
         try:
-            sock = open_connection(address)
+            sock = open_connection(address, tls_context)
+        except ssl.SSLError as exc:  # a refused certificate above all: one line that says so
+            session.show(client_identity.tls_failure(args.host, args.port, exc, args.lang))
+            return 1
         except OSError as exc:
             where = format_address(address)
             session.show(session.text("connect_failed", address=where, error=describe_error(exc)))

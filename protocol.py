@@ -48,14 +48,54 @@ ROOMS = "rooms"  # individual:<me>:rooms: -> the rooms and their member counts, 
 #: roomHistory:<room>:<unix seconds>:<sender>:<text>, to a joiner (the lobby's stays history:...).
 ROOM_HISTORY = "roomHistory"
 
+# Accounts (chatroom/accounts.py).  Each command is answered <mark>1 (done)
+# or <mark>0:<reason> (refused); a successful login is answered as an
+# accepted first nickname, changeNameFirst1, so every client understands it.
+REGISTER = "register"  # individual:<me>:register:<password>           -> register1:<me>
+LOGIN = "login"  # individual::login:<name>:<password>                  -> changeNameFirst1:<name>
+PASSWORD = "password"  # individual:<me>:password:<old>:<new>            -> password1:<me>
+UNREGISTER = "unregister"  # individual:<me>:unregister:<password>       -> unregister1:<me>
+# Moderation (chatroom/moderation.py), for a logged-in operator; answered the same way.
+KICK = "kick"  # kick:<name> [reason]
+BAN = "ban"  # ban:<name or ip=address> <duration> [reason]
+UNBAN = "unban"  # unban:<name or ip=address>
+BANS = "bans"  # bans:  -> bans1:<the list>
+MUTE = "mute"  # mute:<name> <duration> [reason]
+UNMUTE = "unmute"  # unmute:<name>
+ANNOUNCE = "announce"  # announce:<text> -> every user: channel:channel1:系统消息:<text>
+ACCOUNT_MARKS = frozenset((REGISTER, LOGIN, PASSWORD, UNREGISTER))
+MODERATION_MARKS = frozenset((KICK, BAN, UNBAN, BANS, MUTE, UNMUTE, ANNOUNCE))
+#: The commands whose message field holds a password: never logged, never shown.
+PASSWORD_MARKS = ACCOUNT_MARKS
+
+
+def done_mark(mark: str) -> str:
+    """The mark that says an account or moderation command was carried out (``register1``)."""
+    return mark + "1"
+
+
+def refused_mark(mark: str) -> str:
+    """The mark that says an account or moderation command was refused (``register0``)."""
+    return mark + "0"
+
+
+#: Every answer mark of the account and moderation commands.
+ANSWER_MARKS = frozenset(
+    answer for mark in ACCOUNT_MARKS | MODERATION_MARKS for answer in (done_mark(mark), refused_mark(mark))
+)
+
 
 class Message(NamedTuple):
-    """One parsed payload."""
+    """One parsed payload; its repr hides a password (see :func:`redacted`)."""
 
     target_type: str
     target: str
     mark: str
     text: str
+
+    def __repr__(self) -> str:
+        text = _hidden(self.mark, self.text)
+        return f"Message(target_type={self.target_type!r}, target={self.target!r}, mark={self.mark!r}, text={text!r})"
 
 
 def split_message(payload: str) -> Message | None:
@@ -69,6 +109,29 @@ def split_message(payload: str) -> Message | None:
 def join_message(target_type: str, target: str, mark: str, text: str) -> str:
     """Build a payload from its four fields."""
     return f"{target_type}:{target}:{mark}:{text}"
+
+
+HIDDEN = "***"
+
+
+def _hidden(mark: str, text: str) -> str:
+    if mark not in PASSWORD_MARKS:
+        return text
+    if mark == LOGIN:  # the name is not secret, the password is
+        name, colon, _ = text.partition(":")
+        return f"{name}{colon}{HIDDEN}" if colon else HIDDEN
+    return HIDDEN
+
+
+def redacted(payload: str) -> str:
+    """``payload`` as it may appear in a log line: the password of an account command replaced by ``***``.
+
+    Any payload at all may be given, whole or not: only a password is hidden.
+    """
+    parts = split_message(payload)
+    if parts is None or parts.mark not in PASSWORD_MARKS:
+        return payload
+    return join_message(parts.target_type, parts.target, parts.mark, _hidden(parts.mark, parts.text))
 
 
 def fits(payload: str, max_frame: int) -> bool:
@@ -171,6 +234,38 @@ def room_problem(name: str) -> str | None:
     if name_key(name) == BROADCAST:
         return None
     return name_problem(name)
+# --- passwords ---------------------------------------------------------------
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_BYTES = 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Return the text key saying why ``password`` cannot be set, or None if it is fine.
+
+    At least 8 characters, at most 1,024 bytes of UTF-8, and no ``:``:
+    ``password:<old>:<new>`` is split at its first colon, so a password
+    holding one could never be changed.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return "password_short"
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        return "password_long"
+    if ":" in password:
+        return "password_colon"
+    return None
+
+
+def split_login(text: str) -> tuple[str, str] | None:
+    """``<name>:<password>`` of a login, split at the first colon (names never hold one); None without one."""
+    name, colon, password = text.partition(":")
+    return (name, password) if colon else None
+
+
+def split_password_change(text: str) -> tuple[str, str] | None:
+    """``<old>:<new>`` of a password change, split at the first colon; None without one."""
+    old, colon, new = text.partition(":")
+    return (old, new) if colon else None
 
 
 # --- chat text ---------------------------------------------------------------
@@ -309,6 +404,83 @@ TEXTS: dict[str, dict[str, str]] = {
     "room_who": {"zh": "房间 {room} 的用户({count}): {names}", "en": "In {room} ({count}): {names}"},
     "room_count": {"zh": "房间 {room} 的人数为{count}人", "en": "Users in {room}: {count}"},
     "rooms_list": {"zh": "房间({count}): {rooms}", "en": "Rooms ({count}): {rooms}"},
+    # Accounts (chatroom/accounts.py).
+    "name_registered": {
+        "zh": "该名字已被注册,请登录后使用 (/login 名字 密码)",
+        "en": "That name is registered: log in to use it (/login NAME PASSWORD)",
+    },
+    "register_guest": {"zh": "请先设置昵称:访客名不能注册", "en": "Take a nickname first: a guest name cannot be registered"},
+    "register_taken": {"zh": "< {name} > 已被注册", "en": "< {name} > is already registered"},
+    "password_short": {"zh": "密码至少8个字符", "en": "A password must be at least 8 characters"},
+    "password_long": {"zh": "密码最长1024字节", "en": "A password must be at most 1024 bytes"},
+    "password_colon": {"zh": "密码不能包含':'", "en": "A password must not contain ':'"},
+    "plaintext_password": {
+        "zh": "来自你的地址的密码只能经TLS发送:请用TLS连接端口{port}",
+        "en": "Passwords from your address are accepted over TLS only: connect with TLS to port {port}",
+    },
+    "plaintext_password_no_tls": {
+        "zh": "来自你的地址的密码只能经TLS发送,而本服务器没有TLS端口",
+        "en": "Passwords from your address are accepted over TLS only, and this server has no TLS port",
+    },
+    "login_usage": {"zh": "登录格式: 名字:密码", "en": "Log in with NAME:PASSWORD"},
+    "password_usage": {"zh": "修改密码格式: 旧密码:新密码", "en": "Change a password with OLD:NEW"},
+    "no_account": {"zh": "账号 < {name} > 不存在", "en": "There is no account < {name} >"},
+    "wrong_password": {"zh": "密码错误", "en": "Wrong password"},
+    "login_throttled_name": {
+        "zh": "< {name} > 登录失败次数过多,请{minutes}分钟后再试",
+        "en": "Too many failed logins for < {name} >: try again in {minutes} min",
+    },
+    "login_throttled_address": {
+        "zh": "来自你的地址的登录失败次数过多,请{minutes}分钟后再试",
+        "en": "Too many failed logins from your address: try again in {minutes} min",
+    },
+    "not_logged_in": {"zh": "你尚未登录账号", "en": "You are not logged in to an account"},
+    "hashing_busy": {"zh": "同时登录的人过多,请稍后再试", "en": "Too many logins at once: please try again in a moment"},
+    "taken_over": {
+        "zh": "< {name} > 的注册者已登录,取回了该名字;你现在的名字是 {guest}",
+        "en": "The registered owner of < {name} > logged in and took the name back: you are now {guest}",
+    },
+    # Moderation (chatroom/moderation.py).
+    "not_operator": {"zh": "只有管理员可以这样做", "en": "Only an operator may do that"},
+    "moderation_usage": {"zh": "用法: {usage}", "en": "Usage: {usage}"},
+    "bad_duration": {
+        "zh": "无效的时长: {value} (如 10m, 2h, 1d, 0 表示直到解除)",
+        "en": "Not a duration: {value} (10m, 2h, 1d, or 0 for until lifted)",
+    },
+    "bad_address": {"zh": "无效的IP地址或网段: {value}", "en": "Not an IP address or network: {value}"},
+    "until_time": {"zh": "至{time}", "en": "until {time}"},
+    "until_lifted": {"zh": "直到解除", "en": "until lifted"},
+    "kick_done": {"zh": "已踢出 < {name} >", "en": "< {name} > was kicked"},
+    "kicked_notice": {"zh": "{name} 被 {by} 踢出{reason}", "en": "{name} was kicked by {by}{reason}"},
+    "kicked_you": {"zh": "你被 {by} 踢出聊天室{reason}", "en": "You were kicked by {by}{reason}"},
+    "ban_done": {"zh": "{target} 已被封禁,{until}", "en": "{target} is banned {until}"},
+    "banned_notice": {"zh": "{target} 被 {by} 封禁,{until}{reason}", "en": "{target} was banned by {by} {until}{reason}"},
+    "banned_you": {"zh": "你已被封禁,{until}{reason}", "en": "You are banned {until}{reason}"},
+    "name_banned": {"zh": "该名字已被封禁", "en": "That name is banned"},
+    "login_banned": {"zh": "< {name} > 已被封禁,{until}", "en": "< {name} > is banned {until}"},
+    "ban_guest": {
+        "zh": "访客名每次连接都不同,不能封禁:请踢出该用户,或封禁其地址 (ip=...)",
+        "en": "A guest name is new at every connection and cannot be banned: kick it, or ban an address (ip=...)",
+    },
+    "unban_done": {"zh": "{target} 已解除封禁", "en": "{target} is no longer banned"},
+    "not_banned": {"zh": "{target} 未被封禁", "en": "{target} is not banned"},
+    "bans_title": {"zh": "封禁列表({count}):", "en": "Bans ({count}):"},
+    "bans_line": {"zh": "\n {target}: {until}, 操作者 {by}{reason}", "en": "\n {target}: {until}, by {by}{reason}"},
+    "bans_none": {"zh": "没有封禁", "en": "Nobody is banned"},
+    "mute_done": {"zh": "< {name} > 已被禁言,{until}", "en": "< {name} > is muted {until}"},
+    "muted_notice": {"zh": "{name} 被 {by} 禁言,{until}{reason}", "en": "{name} was muted by {by} {until}{reason}"},
+    "muted_you": {"zh": "你被 {by} 禁言,{until}{reason}", "en": "You were muted by {by} {until}{reason}"},
+    "muted_refusal": {"zh": "你已被禁言,{until}:信息未发送", "en": "You are muted {until}: your message was not sent"},
+    "unmute_done": {"zh": "< {name} > 已解除禁言", "en": "< {name} > may speak again"},
+    "unmuted_you": {"zh": "你已被解除禁言", "en": "You may speak again"},
+    "not_muted": {"zh": "< {name} > 未被禁言", "en": "< {name} > is not muted"},
+    "announce_done": {"zh": "公告已发送", "en": "Announced"},
+    "announcement": {"zh": "{by} 发布公告: {text}", "en": "Announcement from {by}: {text}"},
+    # TLS (chatroom/tls.py).
+    "tls_only_port": {
+        "zh": "此端口只接受TLS连接:请用TLS连接 (python client.py --tls)",
+        "en": "This port speaks TLS only: connect with TLS (python client.py --tls)",
+    },
     # Client texts.
     "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
     # Original: "服务器连接失败 err =" and Go's error, which names the address.
@@ -393,6 +565,35 @@ TEXTS: dict[str, dict[str, str]] = {
     "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
     "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
     "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},
+    # Client texts of accounts, moderation and TLS (chatroom/client_identity.py).
+    "usage_command": {"zh": "用法: {usage}", "en": "Usage: {usage}"},
+    "registered_you": {
+        "zh": "< {name} > 已注册,下次请用 /login {name} 密码 登录",
+        "en": "< {name} > is registered to you: next time, log in with /login {name} PASSWORD",
+    },
+    "password_changed": {"zh": "< {name} > 的密码已修改", "en": "The password of < {name} > is changed"},
+    "unregistered_you": {"zh": "< {name} > 已取消注册", "en": "< {name} > is no longer registered"},
+    "tls_failed": {"zh": "无法经TLS连接 {host}:{port}: {reason}", "en": "Could not connect to {host}:{port} over TLS: {reason}"},
+    "help_accounts": {
+        "zh": (
+            "账号:\n"
+            "  /register 密码           注册当前昵称\n"
+            "  /login 名字 密码         登录已注册的昵称\n"
+            "  /password 旧密码 新密码  修改密码\n"
+            "  /unregister 密码         取消注册\n"
+            "管理员: /kick 名字 [原因]  /ban 名字|ip=地址 时长 [原因]  /unban 名字|ip=地址  /bans\n"
+            "        /mute 名字 时长 [原因]  /unmute 名字  /announce 内容   (时长: 10m, 2h, 1d, 0 = 直到解除)"
+        ),
+        "en": (
+            "Accounts:\n"
+            "  /register PASSWORD    register the nickname you hold\n"
+            "  /login NAME PASSWORD  take a registered nickname\n"
+            "  /password OLD NEW     change your password\n"
+            "  /unregister PASSWORD  remove your account\n"
+            "Operators: /kick NAME [REASON]  /ban NAME|ip=ADDRESS DURATION [REASON]  /unban NAME|ip=ADDRESS  /bans\n"
+            "           /mute NAME DURATION [REASON]  /unmute NAME  /announce TEXT   (DURATION: 10m, 2h, 1d, 0 = until lifted)"
+        ),
+    },
     "history_mark": {"zh": "(历史) ", "en": "(history) "},
     "offline": {"zh": "(离线) ", "en": "(offline) "},
     "reconnect_wait": {

@@ -17,6 +17,11 @@ Scenarios (``--scenarios``, comma-separated):
   rooms     N = 1000 clients in rooms of 10 (100 rooms), one sender per room,
             every room busy at once (200 messages each, window 16); reported
             beside the lobby's fan-out, with the server's CPU per message sent.
+  logins-under-load
+            N = 200 and the fixed load above, once alone and once while
+            20 logins a second (--login-rate) arrive, each hashing a
+            password (argon2id): the chat's latency both ways, the logins'
+            own latency, and the cost of one hash.
 
 Only loopback traffic; every wait is bounded in time.
 """
@@ -521,7 +526,124 @@ def run_capacity(bench: Bench, n: int, args):
     yield out
 
 
+ACCOUNT_PASSWORD = "bench password"
+
+
+def register_accounts(port: int, count: int) -> list[str]:
+    """Register ``count`` accounts, one connection each, which then leaves."""
+    names = []
+    for i in range(count):
+        name = f"account{i}"
+        sock, reader = rtt_client(port, name)
+        try:
+            sock.sendall(encode(f"individual:{name}:register:{ACCOUNT_PASSWORD}"))
+            while (reply := reader.read()) is not None and ":register" not in reply:
+                pass
+            if reply != f"individual:{name}:register1:{name}\n":
+                raise RuntimeError(f"could not register {name}: {reply!r}")
+            sock.sendall(encode("channel:channel1:quit:"))
+        finally:
+            sock.close()
+        names.append(name)
+    return names
+
+
+def hash_cost_ms(samples: int = 20) -> float:
+    """The median time of one password check, in this process, with the server's parameters."""
+    from chatroom.accounts import PasswordHasher
+
+    hasher = PasswordHasher(workers=1)
+    hasher.start()
+    try:
+        encoded = hasher.hash(ACCOUNT_PASSWORD)
+        times = []
+        for _ in range(samples):
+            t = time.perf_counter()
+            hasher.verify(encoded, ACCOUNT_PASSWORD)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        hasher.stop(10)
+    return statistics.median(times)
+
+
+def login_load(port: int, names: list[str], rate: float, seconds: float, out: dict) -> None:
+    """Log in ``rate`` times a second for ``seconds``, the accounts in turn, each from a new connection
+    that leaves once logged in; login latencies (connect to changeNameFirst1) into ``out``."""
+    import threading
+
+    latencies, failures, threads = array("q"), [], []
+
+    def one(name: str) -> None:
+        started = time.perf_counter_ns()
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            try:
+                reader = FrameReader(sock)
+                sock.sendall(encode(f"individual::login:{name}:{ACCOUNT_PASSWORD}"))
+                while (reply := reader.read()) is not None and not (":changeNameFirst1:" in reply or ":login0:" in reply):
+                    pass
+                if reply is None or ":login0:" in reply:
+                    failures.append(reply)
+                    return
+                latencies.append((time.perf_counter_ns() - started) // 1000)
+                sock.sendall(encode("channel:channel1:quit:"))
+            finally:
+                sock.close()
+        except OSError as exc:
+            failures.append(str(exc))
+
+    start = time.monotonic()
+    count = int(rate * seconds)
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=one, args=(names[i % len(names)],), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(60)
+    out["logins"] = len(latencies)
+    out["logins_per_s"] = len(latencies) / (time.monotonic() - start)
+    out["login_failed"] = len(failures)
+    out["login_errors"] = [str(f) for f in failures[:3]]
+    pct = percentiles(latencies)
+    out["login_p50_ms"], out["login_p99_ms"] = pct["p50_ms"], pct["p99_ms"]
+
+
+def run_logins(bench: Bench, n: int, args):
+    """The fixed load alone, then with logins arriving: what hashing passwords costs the room."""
+    import threading
+
+    log_in_room(bench, n, args)
+    names = register_accounts(bench.port, max(40, int(args.login_rate * 2)))
+    hash_ms = hash_cost_ms()
+    count = int(args.fixed_rate * args.fixed_seconds)
+    for _ in range(args.runs):
+        alone = bench.chat(senders_for(n, 10), count, rate=args.fixed_rate, timeout=args.fixed_seconds + 30)
+        if not settle_after(bench, alone):
+            return
+        logins: dict = {}
+        loader = threading.Thread(
+            target=login_load, args=(bench.port, names, args.login_rate, args.fixed_seconds, logins), daemon=True
+        )
+        loader.start()
+        loaded = bench.chat(senders_for(n, 10), count, rate=args.fixed_rate, timeout=args.fixed_seconds + 30)
+        loader.join(args.fixed_seconds + 60)
+        yield {
+            "hash_ms": hash_ms,
+            "alone_p50_ms": alone["p50_ms"], "alone_p99_ms": alone["p99_ms"], "alone_server_cpu": alone["server_cpu"],
+            "p50_ms": loaded["p50_ms"], "p99_ms": loaded["p99_ms"], "max_ms": loaded["max_ms"],
+            "server_cpu": loaded["server_cpu"], "lost": (alone["lost"] or 0) + (loaded["lost"] or 0),
+            **logins,
+            "errors": alone["errors"] + loaded["errors"] + logins.get("login_errors", []),
+        }
+        if not settle_after(bench, loaded):
+            return
+
+
 SCENARIOS = {
+    "logins-under-load": (run_logins, "logins_sizes"),
     "fanout": (run_fanout, "sizes"),
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
@@ -646,6 +768,21 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {fmt(pct(s.get('login_redis_cpu')), '{:.0f}%')} | {fmt(pct(s.get('login_loadgen_cpu')), '{:.0f}%')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
             )
+    if "logins-under-load" in by:
+        p("\n## Logins under load (fixed load alone, then with logins arriving) - medians")
+        p(
+            "| backend | N | one hash ms | logins/s | login p50 ms | login p99 ms | chat p50 ms alone | p99 alone "
+            "| chat p50 ms with logins | p99 with logins | lost | server CPU alone | with logins |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["logins-under-load"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('hash_ms'))} | {fmt(s.get('logins_per_s'))} "
+                f"| {fmt(s.get('login_p50_ms'))} | {fmt(s.get('login_p99_ms'))} | {fmt(s.get('alone_p50_ms'))} "
+                f"| {fmt(s.get('alone_p99_ms'))} | {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} "
+                f"| {fmt(s.get('lost'), '{:.0f}')} | {fmt(pct(s.get('alone_server_cpu')), '{:.0f}%')} "
+                f"| {fmt(pct(s.get('server_cpu')), '{:.0f}%')} |{flag(s, backend + ' N=' + str(n))}"
+            )
     if NOTES:
         p()
     for i, note in enumerate(NOTES, start=1):
@@ -714,6 +851,10 @@ def report(scenario: str, backend: str, n: int, run: int, result: dict, t: float
             "rss_kb_per_client",
             "broadcast_all_ms",
             "timed_out",
+            "hash_ms",
+            "logins_per_s",
+            "login_p50_ms",
+            "alone_p50_ms",
         )
     }
     print(
@@ -737,6 +878,8 @@ def parse_args(argv=None):
     parser.add_argument("--capacity-sizes", default="3000")
     parser.add_argument("--rooms-sizes", default="1000", help="clients in the rooms scenario")
     parser.add_argument("--room-size", type=int, default=10, help="members of each room in the rooms scenario")
+    parser.add_argument("--logins-sizes", default="200", help="room sizes of logins-under-load")
+    parser.add_argument("--login-rate", type=float, default=20.0, help="logins a second, logins-under-load")
     parser.add_argument(
         "--embedded-sizes",
         default="50,200",
@@ -779,6 +922,7 @@ def parse_args(argv=None):
         args.rtt_sizes = "10,200"
         args.capacity_sizes = "500"
         args.rooms_sizes = "200"
+        args.logins_sizes = "50"
         args.fixed_seconds = 5.0
     return args
 
