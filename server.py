@@ -265,7 +265,12 @@ class ChatServer:
                 logger.warning("accept failed: %s", exc)
             return
         sock.setblocking(True)
-        self.admit(sock, address, tls=listener is self._tls_listener)
+        try:
+            self.admit(sock, address, tls=listener is self._tls_listener)
+        except Exception:
+            # One connection's surprise must not end the accept loop for everyone.
+            logger.exception("could not admit %s:%d; closing it", address[0], address[1])
+            sock.close()
 
     def admit(self, sock: socket.socket, address: tuple, tls: bool = False) -> None:
         """Start serving an accepted socket, or refuse it with a reason (a banned address: before any thread)."""
