@@ -566,3 +566,28 @@ def client_in(chat_server, name: str, room: str) -> RawClient:
     raw.send(f"channel:{room}:join:")
     raw.expect(f"individual:{name}:join1:{room}\n")
     return raw
+
+
+def test_live_rejoins_that_trip_the_flood_control_are_asked_again(make_server, start_client):
+    port = free_port()
+    first = make_server(port=port)
+    chat = start_client(port, "--name", "alice", "--reconnect")
+    rooms = ["r0", "r1", "r2", "r3"]
+    chat.type(*(f"/join {room}" for room in rooms), "/r r1")
+    wait_until(chat, lambda output: output.count("Current room: r1\n") == 2)
+    first.shutdown()
+    chat.wait_for_output("Reconnecting in 0.5 s (attempt 1)...")
+    # A burst of 3: the nickname and two joins pass, the next is refused; one more a second.
+    second = make_server(port=port, rate_limit=1, rate_burst=3)
+    wait_until(chat, lambda output: output.count("< System > User < alice > joined the room\n") == 8)
+    watcher = RawClient(second.port)
+    try:
+        watcher.login("watcher")
+        watcher.send("individual:watcher:rooms:")
+        watcher.expect("individual:watcher:系统消息:Rooms (5): channel1 (2), r0 (1), r1 (1), r2 (1), r3 (1)\n")
+    finally:
+        watcher.close()
+    chat.type("/room")
+    chat.wait_for_output("Current room: r1; your rooms: channel1, r0, r1, r2, r3\n")
+    assert "You are sending too fast (at most 1 messages a second): message not sent" in chat.output
+    assert "Could not join the room" not in chat.output
