@@ -523,8 +523,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "quit_ok": {"zh": "退出成功", "en": "Bye"},
     # Client texts this port adds (slash commands, private messages, history, reconnecting).
     "banner_slash": {
-        "zh": " 也可用: /help /msg 名字 内容 /who /nick 名字 /top /quit",
-        "en": " Also: /help  /msg NAME TEXT  /who  /nick NAME  /top  /quit",
+        "zh": " 也可用: /help /msg 名字 内容 /who /nick 名字 /top /join 房间 /rooms /quit",
+        "en": " Also: /help  /msg NAME TEXT  /who  /nick NAME  /top  /join ROOM  /rooms  /quit",
     },
     "help": {
         "zh": (
@@ -532,8 +532,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /help                 本帮助\n"
             "  /msg 名字 内容        私聊\n"
             '  /msg "名 字" 内容     名字含空格时用引号(" 或 \')括起\n'
-            "  /who                  在线用户列表\n"
-            "  /online               在线用户数量    (./cd3 或 ./online)\n"
+            "  /join 房间            加入房间并在其中发言\n"
+            "  /part [房间]          退出房间\n"
+            "  /room 房间, /r 房间   切换到你的另一个房间; 只输入 /room: 当前房间和你的房间\n"
+            "  /rooms                所有房间及其人数\n"
+            "  /who [房间]           房间里的用户; 在大厅: 在线用户列表\n"
+            "  /online [房间]        房间人数        (./cd3 或 ./online: 在线用户数量)\n"
+            "                        (不写房间: 当前房间; 大厅即 channel1)\n"
             "  /top                  活跃排行        (./cd4 或 ./activity)\n"
             "  /nick 名字            更改昵称        (./cd2 或 ./changeName)\n"
             "  /quit                 退出聊天室      (./cd5 或 ./quit)\n"
@@ -545,8 +550,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /help                 this help\n"
             "  /msg NAME TEXT        a private message to NAME\n"
             '  /msg "A NAME" TEXT    to a name with spaces (or in \'single\' quotes)\n'
-            "  /who                  who is online\n"
-            "  /online               how many users are online  (./cd3 or ./online)\n"
+            "  /join ROOM            join a room and talk in it\n"
+            "  /part [ROOM]          leave a room\n"
+            "  /room ROOM, /r ROOM   talk in another of your rooms; /room alone: which one\n"
+            "  /rooms                every room, and how many are in it\n"
+            "  /who [ROOM]           who is in the room; in the lobby: who is online\n"
+            "  /online [ROOM]        how many are in it (./cd3 or ./online: all online)\n"
+            "                        (without ROOM: the current room; the lobby is channel1)\n"
             "  /top                  activity ranking           (./cd4 or ./activity)\n"
             "  /nick NAME            change your nickname       (./cd2 or ./changeName)\n"
             "  /quit                 leave the chat room        (./cd5 or ./quit)\n"
@@ -581,8 +591,10 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /login 名字 密码         登录已注册的昵称\n"
             "  /password 旧密码 新密码  修改密码\n"
             "  /unregister 密码         取消注册\n"
-            "管理员: /kick 名字 [原因]  /ban 名字|ip=地址 时长 [原因]  /unban 名字|ip=地址  /bans\n"
-            "        /mute 名字 时长 [原因]  /unmute 名字  /announce 内容   (时长: 10m, 2h, 1d, 0 = 直到解除)"
+            "管理员 (时长: 10m, 2h, 1d, 0 = 直到解除):\n"
+            "  /kick 名字 [原因]          /ban 名字|ip=地址 时长 [原因]\n"
+            "  /unban 名字|ip=地址  /bans  /mute 名字 时长 [原因]\n"
+            "  /unmute 名字               /announce 内容"
         ),
         "en": (
             "Accounts:\n"
@@ -590,8 +602,10 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /login NAME PASSWORD  take a registered nickname\n"
             "  /password OLD NEW     change your password\n"
             "  /unregister PASSWORD  remove your account\n"
-            "Operators: /kick NAME [REASON]  /ban NAME|ip=ADDRESS DURATION [REASON]  /unban NAME|ip=ADDRESS  /bans\n"
-            "           /mute NAME DURATION [REASON]  /unmute NAME  /announce TEXT   (DURATION: 10m, 2h, 1d, 0 = until lifted)"
+            "Operators (DURATION: 10m, 2h, 1d, or 0 for until lifted):\n"
+            "  /kick NAME [REASON]              /ban NAME|ip=ADDRESS DURATION [REASON]\n"
+            "  /unban NAME|ip=ADDRESS  /bans    /mute NAME DURATION [REASON]\n"
+            "  /unmute NAME                     /announce TEXT"
         ),
     },
     "history_mark": {"zh": "(历史) ", "en": "(history) "},
@@ -609,6 +623,18 @@ TEXTS: dict[str, dict[str, str]] = {
     "held_offline": {
         "zh": "未连接: 重新连接后发送",
         "en": "Not connected: this will be sent once reconnected",
+    },
+    # Rooms, as the client shows them.
+    "room_tag": {"zh": "[{room}] ", "en": "[{room}] "},
+    "room_current": {"zh": "当前房间: {room}", "en": "Current room: {room}"},
+    "room_status": {"zh": "当前房间: {room}; 你的房间: {rooms}", "en": "Current room: {room}; your rooms: {rooms}"},
+    "room_parted": {"zh": "你已离开房间 {room}", "en": "You left the room {room}"},
+    "rejoin_refused": {"zh": "无法重新加入房间 < {room} >", "en": "Could not join the room < {room} > again"},
+    "usage_join": {"zh": "用法: /join 房间名", "en": "Usage: /join ROOM"},
+    "bad_room": {"zh": "房间名不能包含':'", "en": "A room name cannot contain ':'"},
+    "no_room_answer": {
+        "zh": "服务器没有回应(它也许不支持房间)",
+        "en": "The server did not answer (it may not have rooms)",
     },
     # How the client frames what it prints.  The zh forms are what the Go
     # client's Println produces, spaces included.
