@@ -1250,6 +1250,7 @@ class Terminal:
     ) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.formatted_text import ANSI
+        from prompt_toolkit.history import InMemoryHistory
         from prompt_toolkit.validation import ValidationError, Validator
 
         class Refusal(Validator):
@@ -1260,10 +1261,16 @@ class Terminal:
                 if reason is not None:
                     raise ValidationError(cursor_position=len(document.text), message=reason)
 
+        class NoPasswords(InMemoryHistory):
+            # Up-arrow must never bring back a /login, /register, ... line.
+            def append_string(self, string: str) -> None:
+                if not client_identity.holds_password(string):
+                    super().append_string(string)
+
         self._inbox = inbox
         # The input line is erased when it is sent: the server's echo shows it.
         self._session: PromptSession[str] = PromptSession(
-            erase_when_done=True, validator=Refusal(), validate_while_typing=False
+            erase_when_done=True, validator=Refusal(), validate_while_typing=False, history=NoPasswords()
         )
         self._message = lambda: ANSI(message())
         self._loop = asyncio.new_event_loop()

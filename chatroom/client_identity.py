@@ -51,6 +51,15 @@ def _first_word(text: str) -> tuple[str, str]:
     return word, rest.strip()
 
 
+#: The commands whose line holds a password.
+PASSWORD_COMMANDS = frozenset(command for command, (mark, _) in COMMANDS.items() if mark in p.PASSWORD_MARKS)
+
+
+def holds_password(line: str) -> bool:
+    """Whether a typed line is an account command with a password in it (never kept in the line history)."""
+    return line.strip().partition(" ")[0].casefold() in PASSWORD_COMMANDS
+
+
 def login_payload(name: str, password: str) -> str:
     """``individual::login:<name>:<password>``: the first nickname, or a later one, with its password."""
     return p.join_message(p.INDIVIDUAL, "", p.LOGIN, f"{name}:{password}")

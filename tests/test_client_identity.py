@@ -82,3 +82,12 @@ def test_the_client_never_logs_a_password(caplog):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(
+    "line, holds",
+    [("/login alice secret12", True), ("/REGISTER secret12", True), ("/password a b", True),
+     ("/unregister x", True), ("/kick bob", False), ("hello /login", False), ("/loginx", False)],
+)
+def test_lines_with_a_password_are_known_so_the_history_never_keeps_them(line, holds):
+    assert ci.holds_password(line) is holds

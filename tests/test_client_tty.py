@@ -404,3 +404,19 @@ def test_a_reconnect_joins_the_rooms_again_and_keeps_the_current_one(make_server
         watcher.close()
     term.send("/quit\r")
     assert term.finish() == 0
+
+
+def test_up_arrow_never_brings_back_a_line_with_a_password(chat_server, connect, terminal):
+    term = terminal(chat_server.port, "--name", "alice")
+    term.wait_for_prompt("alice>")
+    term.send("hello\r")
+    term.wait_for("< alice > hello")
+    term.send("/login nobody sesame-secret\r")
+    term.wait_for("There is no account < nobody >")
+    term.send("\x1b[A")  # up: the line before, not the login
+    term.wait_for_prompt("alice> hello")
+    assert "sesame-secret" not in term.cursor_line
+    term.send("\x1b[A")
+    term.wait_for_prompt("alice> hello")  # nothing older: the login was never kept
+    term.send("\x15\x04")  # Ctrl-U, Ctrl-D
+    assert term.finish() == 0
