@@ -30,8 +30,16 @@ pipe, the line after a refused nickname is the next nickname.
 What is decided lives in pure functions, tested without any I/O:
 :func:`parse_frame` (a received payload -> styled lines to print and a state
 change), :func:`parse_line` (a typed line -> the payload to send),
-:func:`render` (a styled line -> text, with or without ANSI colours) and
-:class:`HistoryFilter` (which replayed history lines were already shown).
+:func:`render` (a styled line -> text, with or without ANSI colours),
+:class:`HistoryFilter` (which replayed history lines were already shown) and
+:class:`RoomState` (our rooms and the current one).
+
+Rooms: a line without a command goes to the current room, which the prompt
+shows (``[dev] alice> ``); lines of a room other than the lobby carry its
+name (``[dev] < bob > hi``).  A ``/join`` or ``/part`` is awaited, briefly,
+before the next line is read, so that the next line goes where the user
+expects; after a reconnect, once the name is back, the client joins its
+rooms again, one at a time, and keeps its current room.
 
 A styled line is a tuple of ``(style, text)`` fragments, as in prompt_toolkit;
 without colour it is simply the texts joined, so the zh rendering of the
@@ -68,6 +76,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import string
 import threading
 import time
@@ -78,6 +87,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import framing
+from chatroom import client_identity
 from framing import MAX_FRAME, FrameError, FrameReader, FrameTooLarge, InvalidUtf8, NegativeLength
 from protocol import (
     ACTIVITY,
@@ -89,19 +99,29 @@ from protocol import (
     CHANNEL,
     HISTORY,
     INDIVIDUAL,
+    JOIN,
+    JOIN_OK,
+    JOIN_REFUSED,
     LANGUAGES,
     MENU,
     NAME_REFUSED,
     ONLINE_LIST,
+    PART,
+    PART_OK,
+    PART_REFUSED,
     PRIVATE,
     PRIVATE_IN,
     PRIVATE_SENT,
     QUIT,
     RENAME_FAILED,
+    ROOM_HISTORY,
+    ROOMS,
     SYSTEM,
     TEXTS,
     WHO,
     join_message,
+    name_key,
+    redacted,
     split_message,
     text,
 )
@@ -149,9 +169,16 @@ RANKING = "ranking"  # the activity ranking
 NOTICE = "notice"  # a system message to us: the who list, the menu
 PRIVATE_ECHO = "private echo"  # the echo of our private message
 RENAME = "rename"  # changeName1, or the refusal
+JOINING = "joining"  # join1, or join0 with the reason
+PARTING = "parting"  # part1, or part0 with the reason
 #: A system message to us answers who or menu; else it is the refusal of, or
 #: an error about, some other request (too long, no such user, flooding...).
-NOTICE_ANSWERS = (NOTICE, PRIVATE_ECHO, ECHO, COUNT, RANKING, RENAME)
+NOTICE_ANSWERS = (NOTICE, PRIVATE_ECHO, ECHO, COUNT, RANKING, RENAME, JOINING, PARTING)
+#: After a reconnect, how often to ask for a room again whose join got no
+#: join1 or join0 (a flood refusal: the rejoins come in a burst), and how
+#: long to wait in between (the server's flood bucket refills meanwhile).
+REJOIN_TRIES = 3
+REJOIN_PAUSE = 1.0
 
 
 # --- pure functions: no I/O ---------------------------------------------------
@@ -224,7 +251,7 @@ def timestamp(lang: str, now: datetime) -> str:
 #   stamp    the time in front of a line          system   system messages
 #   name     a user's name, in its own colour     me       our own name and text
 #   private  private messages                     history  history lines (dimmed)
-#   notice   what the client itself says
+#   notice   what the client itself says          room     a room's name, in its own colour
 Fragment = tuple[str, str]
 Line = tuple[Fragment, ...]
 #: What Session.show takes: a plain string or a styled line.
@@ -269,6 +296,16 @@ def name_colour(name: str) -> str:
     return _NAME_COLOURS[zlib.crc32(name.encode("utf-8")) % len(_NAME_COLOURS)]
 
 
+def room_colour(room: str) -> str:
+    """The SGR colour code of a room: the same for every spelling of the same room (``Dev``, ``dev``)."""
+    return name_colour(name_key(room))
+
+
+def is_lobby(room: str) -> bool:
+    """Whether ``room`` names the lobby, the original's ``channel1`` (any case, as the server folds it)."""
+    return name_key(room) == BROADCAST
+
+
 def render(line: Printable, colour: bool) -> str:
     """The text to print for a line: ANSI-coloured, or plain."""
     if isinstance(line, str) or not colour:
@@ -279,6 +316,8 @@ def render(line: Printable, colour: bool) -> str:
         for cls in style.split():
             if cls == "name":
                 codes += ["1", name_colour(fragment)]
+            elif cls == "room":
+                codes.append(room_colour(fragment))
             elif cls in _STYLE_CODES:
                 codes.append(_STYLE_CODES[cls])
         codes = list(dict.fromkeys(codes))  # "name me" is bold twice
@@ -310,6 +349,11 @@ class Incoming(NamedTuple):
     sent_at: int | None = None
     #: The kinds of request this frame may answer, most likely first (see Awaited).
     answers: tuple[str, ...] = ()
+    #: The room (as the server shows it) of a chat line, notice or history
+    #: line, or of a join1 or part1; None for the lobby's frames.
+    room: str | None = None
+    #: The server's answer to a join or part: JOIN_OK, JOIN_REFUSED, PART_OK or PART_REFUSED.
+    room_answer: str | None = None
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -321,7 +365,8 @@ class Incoming(NamedTuple):
 # name is the address "127.0.0.1:41510"), which shifts the 4-way split.
 _NAME_MARKS = (NAME_REFUSED, RENAME_FAILED, CHANGE_NAME_FIRST_OK, CHANGE_NAME_OK, SYSTEM)
 _SHIFTED_MARK = re.compile(":(" + "|".join(map(re.escape, _NAME_MARKS)) + "):")
-_INDIVIDUAL_MARKS = frozenset((*_NAME_MARKS, QUIT, PRIVATE_IN, PRIVATE_SENT))
+_ROOM_ANSWERS = {JOIN_OK: JOINING, JOIN_REFUSED: JOINING, PART_OK: PARTING, PART_REFUSED: PARTING}
+_INDIVIDUAL_MARKS = frozenset((*_NAME_MARKS, QUIT, PRIVATE_IN, PRIVATE_SENT, *_ROOM_ANSWERS))
 
 
 def _unshift(target: str, mark: str, message: str) -> tuple[str, str, str]:
@@ -392,8 +437,17 @@ def _pattern(key: str, **fields: str) -> re.Pattern[str]:
     return re.compile("|".join(patterns))
 
 
-# The server's online count, in either language (the server's may differ from ours).
-_COUNT_TEXT = _pattern("online_count", count=r"\d+")
+# The server's online count, or a room's, in either language (the server's may differ from ours).
+_COUNT_TEXT = re.compile(
+    _pattern("online_count", count=r"\d+").pattern + "|" + _pattern("room_count", room=".+", count=r"\d+").pattern
+)
+
+
+def _room_tag(lang: str, room: str | None, style: str = "") -> Line:
+    """``[dev] ``, the room's name in its colour, before a line of a room other than the lobby."""
+    if room is None:
+        return ()
+    return styled(lang, "room_tag", style, room=(f"room {style}".strip(), sanitize_inline(room)))
 
 
 def _is_ranking(message: str) -> bool:
@@ -451,12 +505,22 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "", *, countin
             key = "private_in" if mark == PRIVATE_IN else "private_out"
             shown_lines = _user_lines(stamp, lang, key, "private", "private", message, name=name)
             return Incoming(shown_lines, answers=(PRIVATE_ECHO,) if mark == PRIVATE_SENT else ())
+        if mark in _ROOM_ANSWERS:
+            return _room_answer(lang, stamp, mark, message)
+        answer = client_identity.answer_text(mark, message, lang)  # register1, login0, kick1, ...
+        if answer is not None:
+            incoming = _system(lang, "system_personal", stamp, text=sanitize(answer[0]))._replace(answers=NOTICE_ANSWERS)
+            return incoming._replace(event=REFUSED) if answer[1] else incoming
         return _system(lang, "unknown_error", stamp)._replace(answers=NOTICE_ANSWERS)
 
     if target_type == CHANNEL:
         shown = sanitize(message)
+        # A room other than the lobby is named in front of each of its lines;
+        # the lobby's lines stay the Go client's.
+        room = None if is_lobby(target) else target
+        lead = stamp + _room_tag(lang, room)
         if mark == SYSTEM:
-            incoming = _system(lang, "system_broadcast", stamp, text=shown)
+            incoming = Incoming((lead + styled(lang, "system_broadcast", "system", text=shown),), room=room)
             return incoming._replace(answers=(RANKING,) if _is_ranking(message) else ())
         own = bool(me) and mark == me
         our_count = own and _COUNT_TEXT.fullmatch(message) is not None
@@ -465,37 +529,76 @@ def parse_frame(payload: str, lang: str, now: datetime, me: str = "", *, countin
             # Original: "< alice >当前在线人数为2人", as if the asker had said it:
             # the count comes as channel:channel1:<asker>:<text>.  We know we
             # asked, so it is the server speaking.
-            return _system(lang, "system_broadcast", stamp, text=shown)._replace(answers=answers)
-        return Incoming(_chat_lines(stamp, lang, mark, message, own), public=(mark, message), answers=answers)
+            line = lead + styled(lang, "system_broadcast", "system", text=shown)
+            return Incoming((line,), answers=answers, room=room)
+        shown_lines = _chat_lines(lead, lang, mark, message, own)
+        return Incoming(shown_lines, public=(mark, message), answers=answers, room=room)
 
     if target_type == HISTORY:
         # history:<unix seconds>:<sender>:<text>, sent after the first nickname.
-        try:
-            sent_at = int(target)
-            sent = datetime.fromtimestamp(sent_at)
-        except (ValueError, OverflowError, OSError):
-            logger.debug("history line with a bad time: %r", payload)
+        return _history_line(payload, lang, now, me, None, target, mark, message)
+
+    if target_type == ROOM_HISTORY:
+        # roomHistory:<room>:<unix seconds>:<sender>:<text>, sent after join1.
+        sender, colon, message = message.partition(":")
+        if not colon:
+            logger.debug("room history line without a sender: %r", payload)
             return Incoming(())
-        lead = (
-            ("stamp history", _history_stamp(lang, sent, now)),
-            ("history", text(lang, "history_mark")),
-        )
-        shown_lines = _chat_lines(lead, lang, mark, message, bool(me) and mark == me, "history")
-        return Incoming(shown_lines, public=(mark, message), sent_at=sent_at)
+        return _history_line(payload, lang, now, me, target, mark, sender, message)
 
     # As the original: four fields of an unknown kind are not for us.
     return Incoming(())
 
 
+def _history_line(
+    payload: str, lang: str, now: datetime, me: str, room: str | None, sent_field: str, sender: str, message: str
+) -> Incoming:
+    """A line of the lobby's history (``room`` None) or of a room's: dimmed, with its own time."""
+    try:
+        sent_at = int(sent_field)
+        sent = datetime.fromtimestamp(sent_at)
+    except (ValueError, OverflowError, OSError):
+        logger.debug("history line with a bad time: %r", payload)
+        return Incoming(())
+    lead = (
+        ("stamp history", _history_stamp(lang, sent, now)),
+        *_room_tag(lang, room, "history"),
+        ("history", text(lang, "history_mark")),
+    )
+    shown_lines = _chat_lines(lead, lang, sender, message, bool(me) and sender == me, "history")
+    return Incoming(shown_lines, public=(sender, message), sent_at=sent_at, room=room)
+
+
+def _room_answer(lang: str, stamp: Line, mark: str, message: str) -> Incoming:
+    """join1, join0, part1 or part0: what the server answered to our join or part.
+
+    join1 prints nothing: the server's notice that we joined follows, and the
+    client says so if the room becomes the current one.  Nothing else tells
+    who parted that they did, so part1 does.  A refusal shows the server's
+    reason.
+    """
+    answers = (_ROOM_ANSWERS[mark],)
+    if mark == JOIN_OK:
+        return Incoming((), answers=answers, room=message, room_answer=mark)
+    if mark == PART_OK:
+        line = stamp + styled(lang, "room_parted", "system", room=("room", sanitize_inline(message)))
+        return Incoming((line,), answers=answers, room=message, room_answer=mark)
+    incoming = _system(lang, "system_broadcast", stamp, text=sanitize(message))
+    return incoming._replace(answers=answers, room_answer=mark)
+
+
 class HistoryFilter:
-    """Which replayed history lines the user has already seen.
+    """Which replayed history lines the user has already seen: one filter for the lobby, one per room.
 
     The server sends its history after every first nickname, so also after a
     reconnect.  A replayed line is dropped when the same (sender, text) was
     shown before the connection was lost and the line is not newer than that
     moment (plus :data:`HISTORY_SLACK` for the two clocks): what was said in
-    between, or lost in the break, is shown.  Used by one reader thread at a
-    time.
+    between, or lost in the break, is shown.  A room's history comes after
+    join1, when the room's live messages already reach us, so it may repeat
+    one of them: a line is dropped too when the same (sender, text) was shown
+    live since :meth:`joined` and the line is not older than that moment
+    (less the slack).  Used by one reader thread at a time.
     """
 
     def __init__(self, keep: int = 1000, slack: float = HISTORY_SLACK) -> None:
@@ -503,10 +606,19 @@ class HistoryFilter:
         self._slack = slack
         self._before: collections.Counter[tuple[str, str]] = collections.Counter()
         self._cutoff: float | None = None
+        self._since_join: collections.deque[tuple[str, str]] = collections.deque(maxlen=keep)
+        self._joined_at: float | None = None
 
     def saw(self, sender: str, message: str) -> None:
         """A live public line was shown."""
         self._shown.append((sender, message))
+        if self._joined_at is not None:
+            self._since_join.append((sender, message))
+
+    def joined(self, at: float) -> None:
+        """The room was joined at unix time ``at`` (join1): its history follows."""
+        self._since_join.clear()
+        self._joined_at = at - self._slack
 
     def lost(self, at: float) -> None:
         """The connection was lost at unix time ``at``: the next replay is checked."""
@@ -519,6 +631,9 @@ class HistoryFilter:
         if self._cutoff is not None and sent_at <= self._cutoff and self._before[key] > 0:
             self._before[key] -= 1
             return False
+        if self._joined_at is not None and sent_at >= self._joined_at and key in self._since_join:
+            self._since_join.remove(key)  # shown live in the instant of joining
+            return False
         self._shown.append(key)
         return True
 
@@ -529,9 +644,11 @@ def request_kind(payload: str) -> str | None:
     if parts is None:
         return None
     if parts.target_type == CHANNEL:  # a chat line's mark is empty, as a private message's
-        return {PRIVATE: ECHO, ONLINE_LIST: COUNT, ACTIVITY: RANKING}.get(parts.mark)
+        kinds = {PRIVATE: ECHO, ONLINE_LIST: COUNT, ACTIVITY: RANKING, JOIN: JOINING, PART: PARTING, WHO: NOTICE}
+        return kinds.get(parts.mark)
     if parts.target_type == INDIVIDUAL:
-        return {PRIVATE: PRIVATE_ECHO, WHO: NOTICE, MENU: NOTICE, CHANGE_NAME: RENAME}.get(parts.mark)
+        kinds = {PRIVATE: PRIVATE_ECHO, WHO: NOTICE, MENU: NOTICE, CHANGE_NAME: RENAME, ROOMS: NOTICE}
+        return kinds.get(parts.mark)
     return None
 
 
@@ -566,6 +683,12 @@ class Awaited:
         with self._lock:
             return self._owed[kind] > 0
 
+    def give_up(self, kind: str) -> None:
+        """Stop waiting for one answer of ``kind``: the user was told it did not come."""
+        with self._lock:
+            if self._owed[kind] > 0:
+                self._owed[kind] -= 1
+
     def clear(self) -> None:
         """The connection is gone: its answers will never come."""
         with self._lock:
@@ -589,6 +712,12 @@ class Action(NamedTuple):
     notice: str | None = None
     #: Refused for its length: a terminal keeps the line, to be shortened.
     too_long: bool = False
+    #: The room a ``/join`` asks for: it becomes the current room once joined.
+    joining: str | None = None
+    #: The room ``/room`` makes the current one (nothing is sent).
+    switch_to: str | None = None
+    #: ``/room`` alone: say which room is the current one, and list ours.
+    show_rooms: bool = False
 
 
 # Keys are casefolded: Go compares with strings.EqualFold.
@@ -606,13 +735,14 @@ _COMMANDS = {
 }
 
 
-def chat_limit(name: str) -> int:
+def chat_limit(name: str, room: str = BROADCAST) -> int:
     """The longest chat text (in UTF-8 bytes) whose broadcast the Go clients can still decode.
 
     Original: any length was sent; the server's ``channel:channel1:<name>:<text>\\n``
-    then exceeded 4092 bytes and every Go client in the room hung.
+    then exceeded 4092 bytes and every Go client in the room hung.  In a room
+    the broadcast is ``channel:<room>:<name>:<text>\\n``.
     """
-    return MAX_FRAME - len(join_message(CHANNEL, BROADCAST, name, "\n").encode("utf-8"))
+    return MAX_FRAME - len(join_message(CHANNEL, room, name, "\n").encode("utf-8"))
 
 
 def private_limit(name: str, target: str) -> int:
@@ -657,19 +787,56 @@ def split_target(rest: str) -> tuple[str, str] | None:
     return match["name"], match["text"]
 
 
-def slash_command(line: str, name: str, lang: str = "en") -> Action:
-    """A ``/command`` line (trimmed, starting with one ``/``): what to send or say."""
+def room_command(command: str, rest: str, name: str, lang: str, room: str) -> Action | None:
+    """``/join``, ``/part``, ``/room`` (``/r``), ``/rooms``, ``/who`` and ``/online``; None for another command.
+
+    ``rest`` is the room named (the whole rest of the line: a room's name may
+    have inner spaces); ``/part``, ``/who`` and ``/online`` without one are
+    about the current room ``room``.  In the lobby ``/who`` and ``/online``
+    stay what they were: everyone online.  Whether a name may be a room's is
+    the server's to judge; only a ``:``, which would shift its 4-way split,
+    is refused here.
+    """
+    if command not in _ROOM_COMMANDS:
+        return None
+    if command == "/rooms":
+        return Action(join_message(INDIVIDUAL, name, ROOMS, ""))
+    if command in ("/room", "/r"):
+        return Action(switch_to=rest) if rest else Action(show_rooms=True)
+    if command == "/join" and not rest:
+        return Action(notice=text(lang, "usage_join"))
+    target = rest or room
+    if ":" in target:
+        return Action(notice=text(lang, "bad_room"))
+    if command == "/join":
+        return Action(join_message(CHANNEL, target, JOIN, ""), joining=target)
+    if command == "/part":
+        return Action(join_message(CHANNEL, target, PART, ""))
+    if command == "/who":
+        lobby = is_lobby(target)
+        return Action(join_message(INDIVIDUAL, name, WHO, "") if lobby else join_message(CHANNEL, target, WHO, ""))
+    # /online: the lobby's payload stays the original's ./cd3, byte for byte.
+    return Action(join_message(CHANNEL, BROADCAST if is_lobby(target) else target, ONLINE_LIST, ""))
+
+
+_ROOM_COMMANDS = frozenset(("/join", "/part", "/room", "/r", "/rooms", "/who", "/online"))
+
+
+def slash_command(line: str, name: str, lang: str = "en", room: str = BROADCAST) -> Action:
+    """A ``/command`` line (trimmed, starting with one ``/``): what to send or say; ``room`` is the current room."""
     words = line.split(maxsplit=2)
     command = words[0].casefold()
     rest = line[len(words[0]) :].strip()
     if command == "/help":
-        return Action(notice=text(lang, "help"))
+        return Action(notice=text(lang, "help") + "\n" + text(lang, "help_accounts"))
+    identity = client_identity.slash_command(line, name, lang)  # accounts and moderation
+    if identity is not None:
+        return Action(payload=identity[0], notice=identity[1])
     if command == "/quit":
         return Action(QUIT_PAYLOAD, quit=True)
-    if command == "/who":
-        return Action(join_message(INDIVIDUAL, name, WHO, ""))
-    if command == "/online":
-        return Action(join_message(CHANNEL, BROADCAST, ONLINE_LIST, ""))
+    action = room_command(command, rest, name, lang, room)
+    if action is not None:
+        return action
     if command == "/top":
         return Action(join_message(CHANNEL, BROADCAST, ACTIVITY, ""))
     if command == "/nick":
@@ -687,13 +854,14 @@ def slash_command(line: str, name: str, lang: str = "en") -> Action:
     return Action(notice=text(lang, "unknown_command", command=sanitize(words[0])))
 
 
-def parse_line(line: str, name: str, lang: str = "en") -> Action:
+def parse_line(line: str, name: str, lang: str = "en", room: str = BROADCAST) -> Action:
     """Map one typed line (already trimmed) to what to send, as the Go input loop does.
 
     ``name`` is our current nickname, which the menu, who and rename payloads
-    carry.  Beside the Go client's ``./cdN`` commands, a line starting with
-    ``/`` is a slash command (:func:`slash_command`); ``//`` sends a text
-    that starts with ``/``.
+    carry; ``room`` the current room (as the server shows it), where a chat
+    line goes.  Beside the Go client's ``./cdN`` commands, which stay the
+    original's in any room, a line starting with ``/`` is a slash command
+    (:func:`slash_command`); ``//`` sends a text that starts with ``/``.
     """
     command = _COMMANDS.get(line.casefold())
     if command == MENU:
@@ -707,8 +875,8 @@ def parse_line(line: str, name: str, lang: str = "en") -> Action:
     if line.startswith("//"):
         line = line[1:]
     elif line.startswith("/"):
-        return slash_command(line, name, lang)
-    return _limited(join_message(CHANNEL, BROADCAST, "", line), line, chat_limit(name), lang)
+        return slash_command(line, name, lang, room)
+    return _limited(join_message(CHANNEL, room, "", line), line, chat_limit(name, room), lang)
 
 
 def nickname_action(nick: str, lang: str = "en", current: str | None = None) -> Action:
@@ -768,10 +936,15 @@ class Inbox:
             return self._held.popleft()
         return self._queue.get(timeout=timeout)
 
-    def get_news(self) -> tuple[str, str | None]:
-        """The next item that is not input; input that arrives meanwhile is held."""
+    def get_news(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """The next item that is not input; input that arrives meanwhile is held.
+
+        Raises ``queue.Empty`` if none came within ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            kind, value = self._queue.get()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            kind, value = self._queue.get(timeout=remaining)
             if kind in _INPUT:
                 self._held.append((kind, value))
             else:
@@ -790,6 +963,106 @@ class Inbox:
         return any(kind == LINE for kind, _ in self._held)
 
 
+class RoomState:
+    """The rooms we are in, which one is the current one, and the answer to the join or part in flight.
+
+    The server is the judge: a room is ours from its join1 to its part1
+    (read by the reader thread); the main thread asks (:meth:`expect` before
+    a join or part goes out, :meth:`settle` once it is answered), switches
+    (``/room``) and reads the current room for each line it sends.  Kept
+    through a reconnect, so that the client joins the same rooms again and
+    keeps talking where it was.  Thread-safe.
+
+    The current room after parting it: the one that was current before it
+    (the lobby if no other), as a browser's tab or an IRC client's window.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Folded name -> name as shown, in the order joined; the lobby is not in it.
+        self._rooms: dict[str, str] = {}
+        #: Folded names, the most recently current last; the lobby is always in it.
+        self._recent: list[str] = [BROADCAST]
+        self._expected: tuple[str, bool] | None = None
+        self._answer: str | None = None
+
+    def _shown(self, key: str) -> str:
+        return self._rooms.get(key, BROADCAST)
+
+    @property
+    def current(self) -> str:
+        """The current room as the server shows it: ``channel1`` for the lobby."""
+        with self._lock:
+            return self._shown(self._recent[-1])
+
+    def names(self) -> list[str]:
+        """Our rooms as shown: the lobby first, then in the order joined."""
+        with self._lock:
+            return [BROADCAST, *self._rooms.values()]
+
+    def joined(self) -> list[str]:
+        """The rooms beside the lobby, in the order joined: those to join again after a reconnect."""
+        with self._lock:
+            return list(self._rooms.values())
+
+    def _make_current(self, key: str) -> bool:
+        if self._recent[-1] == key:
+            return False
+        if key in self._recent:
+            self._recent.remove(key)
+        self._recent.append(key)
+        return True
+
+    def expect(self, room: str | None = None, *, switch: bool = False) -> None:
+        """A join of ``room`` (``switch``: to become the current room) or a part is about to go out."""
+        with self._lock:
+            self._expected = (name_key(room), switch) if room is not None else None
+            self._answer = None
+
+    def answered(self, mark: str, room: str | None) -> str | None:
+        """The server answered a join or part (reader); the new current room if it changed, else None."""
+        with self._lock:
+            self._answer = mark
+            if room is None or mark not in (JOIN_OK, PART_OK):
+                return None
+            key = name_key(room)
+            if mark == PART_OK:
+                return self._remove(key)
+            if key != BROADCAST:
+                self._rooms[key] = room  # as the server shows it: Dev when joined as dev
+            if self._expected == (key, True) and self._make_current(key):
+                return self._shown(key)
+            return None
+
+    def settle(self) -> str | None:
+        """The answer to the join or part that was expected (main thread): its mark, or None if none came."""
+        with self._lock:
+            answer, self._answer, self._expected = self._answer, None, None
+            return answer
+
+    def switch(self, room: str) -> bool | None:
+        """Make one of our rooms the current one (``/room``): True, False if it was already, None if not ours."""
+        key = name_key(room)
+        with self._lock:
+            if key != BROADCAST and key not in self._rooms:
+                return None
+            return self._make_current(key)
+
+    def forget(self, room: str) -> str | None:
+        """A room we could not join again after a reconnect; the new current room if it changed."""
+        with self._lock:
+            return self._remove(name_key(room))
+
+    def _remove(self, key: str) -> str | None:
+        if key == BROADCAST:
+            return None  # nobody leaves the lobby
+        self._rooms.pop(key, None)
+        was_current = self._recent[-1] == key
+        if key in self._recent:
+            self._recent.remove(key)
+        return self._shown(self._recent[-1]) if was_current else None
+
+
 class Session:
     """The connection (None until the first, replaced on reconnect), its send lock, our name, the output."""
 
@@ -802,8 +1075,14 @@ class Session:
         colour: bool = False,
         address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         reconnect: bool = False,
+        tls: ssl.SSLContext | None = None,
+        password: str | None = None,
     ) -> None:
         self.sock = sock
+        #: The TLS context to (re)connect with (--tls), or None for clear text.
+        self.tls = tls
+        #: The password of the first nickname (CHATROOM_PASSWORD): it is logged in to, not claimed.
+        self.password = password
         self.lang = lang
         self.out = out if out is not None else sys.stdout
         self.colour = colour
@@ -827,6 +1106,10 @@ class Session:
         self.prompt_key: str | None = None
         self.inbox = Inbox()
         self.history = HistoryFilter()
+        #: Our rooms and the current one; kept through reconnects.
+        self.rooms = RoomState()
+        #: The history filter of each room beside the lobby (folded name), used by the reader alone.
+        self.room_history: dict[str, HistoryFilter] = {}
         #: What the server still has to answer on the current connection.
         self.awaited = Awaited()
         self._send_lock = threading.Lock()
@@ -839,13 +1122,19 @@ class Session:
         """A text in the session's language."""
         return text(self.lang, key, **values)
 
+    def history_of(self, room: str | None) -> HistoryFilter:
+        """The history filter of ``room`` (None: the lobby); reader thread only."""
+        if room is None or is_lobby(room):
+            return self.history
+        return self.room_history.setdefault(name_key(room), HistoryFilter())
+
     def send(self, payload: str) -> None:
         """Send one payload as one frame with one ``sendall``.
 
         A failed send hangs up, which wakes :func:`read_msg`; it reports the
         close, so there is one path for "the server went away".
         """
-        logger.debug("send %r", payload)
+        logger.debug("send %r", redacted(payload))
         kind = request_kind(payload)
         try:
             with self._send_lock:
@@ -924,7 +1213,7 @@ class Session:
         elif self.prompt_key == "ask_new_name":
             action = nickname_action(line, self.lang, self.name)
         else:
-            action = parse_line(line, self.name, self.lang)
+            action = parse_line(line, self.name, self.lang, self.rooms.current)
         return action.notice if action.too_long else None
 
     def prompt_text(self) -> str:
@@ -934,10 +1223,12 @@ class Session:
             return asked if asked.endswith(" ") else asked + " "
         # Offline: a connection was lost, not yet made (the first nickname is asked before).
         offline = self.text("offline") if self.sock is not None and not self.connected else ""
+        room = self.rooms.current
+        tag = "" if is_lobby(room) else render(_room_tag(self.lang, room), self.colour)
         name = sanitize(self.name)
         if self.colour and name:
             name = f"\x1b[1;{name_colour(name)}m{name}\x1b[0m"
-        return f"{offline}{name}> "
+        return f"{offline}{tag}{name}> "
 
 
 class Terminal:
@@ -959,6 +1250,7 @@ class Terminal:
     ) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.formatted_text import ANSI
+        from prompt_toolkit.history import InMemoryHistory
         from prompt_toolkit.validation import ValidationError, Validator
 
         class Refusal(Validator):
@@ -969,10 +1261,16 @@ class Terminal:
                 if reason is not None:
                     raise ValidationError(cursor_position=len(document.text), message=reason)
 
+        class NoPasswords(InMemoryHistory):
+            # Up-arrow must never bring back a /login, /register, ... line.
+            def append_string(self, string: str) -> None:
+                if not client_identity.holds_password(string):
+                    super().append_string(string)
+
         self._inbox = inbox
         # The input line is erased when it is sent: the server's echo shows it.
         self._session: PromptSession[str] = PromptSession(
-            erase_when_done=True, validator=Refusal(), validate_while_typing=False
+            erase_when_done=True, validator=Refusal(), validate_while_typing=False, history=NoPasswords()
         )
         self._message = lambda: ANSI(message())
         self._loop = asyncio.new_event_loop()
@@ -1093,12 +1391,16 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
             if incoming.name is not None:
                 session.name = incoming.name
                 session.refresh_prompt()
-            if incoming.sent_at is not None and incoming.public is not None:
-                if not session.history.admit(incoming.sent_at, *incoming.public):
-                    continue  # shown before the reconnect
-            elif incoming.public is not None:
-                session.history.saw(*incoming.public)
+            now_in = room_answered(session, incoming) if incoming.room_answer is not None else None
+            if incoming.public is not None:
+                seen = session.history_of(incoming.room)
+                if incoming.sent_at is None:
+                    seen.saw(*incoming.public)
+                elif not seen.admit(incoming.sent_at, *incoming.public):
+                    continue  # shown before the reconnect, or live as we joined
             session.show(*incoming.styled)
+            if now_in is not None:
+                session.notice("room_current", room=("room", sanitize_inline(now_in)))
             if incoming.answers and session.awaited.answer(incoming.answers):
                 session.inbox.put(ANSWERED)  # after printing: the goodbye comes after the answer
             if incoming.event is not None:
@@ -1117,7 +1419,9 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
         # left, never exited.  Any broken stream is the server going away.
         logger.debug("connection lost: %s", exc)
     finally:
-        session.history.lost(time.time())
+        lost_at = time.time()
+        for seen in (session.history, *session.room_history.values()):
+            seen.lost(lost_at)
         session.connected = False
         session.refresh_prompt()
         if malformed is not None:
@@ -1125,6 +1429,23 @@ def read_msg(session: Session, sock: socket.socket | None = None) -> None:
         elif not session.quitting:
             session.show(session.text("disconnected"))
         session.inbox.put(CLOSED)
+
+
+def room_answered(session: Session, incoming: Incoming) -> str | None:
+    """Take in the server's answer to a join or part (reader); the new current room if it changed.
+
+    Before the frames that follow it: a joined room's history filter starts
+    counting its live lines (its history comes next), a parted room's is
+    dropped (a later join shows the room's history afresh).
+    """
+    now_in = session.rooms.answered(incoming.room_answer, incoming.room)
+    if incoming.room is not None and not is_lobby(incoming.room):
+        if incoming.room_answer == JOIN_OK:
+            session.history_of(incoming.room).joined(time.time())
+        elif incoming.room_answer == PART_OK:
+            session.room_history.pop(name_key(incoming.room), None)
+    session.refresh_prompt()
+    return now_in
 
 
 def start_reader(session: Session) -> None:
@@ -1226,6 +1547,8 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
         if nick is None:
             nick = get_user_input(session, "ask_name")
         action = nickname_action(nick, session.lang)
+        if session.password and action.payload is not None:
+            action = Action(client_identity.login_payload(nick, session.password))
         if action.notice:
             session.say(action.notice)
         if action.payload is not None:
@@ -1240,6 +1563,7 @@ def ask_nickname(session: Session, nick: str | None = None, *, reclaim: bool = F
             if wait_for_answer(session):
                 return
             # Refused: read_msg has printed the server's reason.
+            session.password = None  # a wrong one is not tried on the next name
             if reclaim:
                 session.notice("reclaim_refused", name=sanitize(nick))
                 reclaim = False
@@ -1268,15 +1592,93 @@ def input_loop(session: Session) -> None:
     answers to what was sent, then :func:`leave` sends the quit.
     """
     while True:
-        action = parse_line(get_user_input(session), session.name, session.lang)
+        action = parse_line(get_user_input(session), session.name, session.lang, session.rooms.current)
         if action.ask_new_name:
             action = nickname_action(get_user_input(session, "ask_new_name"), session.lang, session.name)
         if action.notice:
             session.say(action.notice)
         if action.quit:
             return  # leave() sends the quit, once the answers to what was sent are in
+        if action.switch_to is not None:
+            switch_room(session, action.switch_to)
+        if action.show_rooms:
+            current, rooms = session.rooms.current, session.rooms.names()
+            session.notice("room_status", room=sanitize_inline(current), rooms=", ".join(map(sanitize_inline, rooms)))
         if action.payload is not None:
+            kind = request_kind(action.payload)
+            if kind in (JOINING, PARTING):
+                session.rooms.expect(action.joining, switch=True)
             session.send(action.payload)
+            if kind in (JOINING, PARTING):
+                # The next line goes to the room this makes current: wait for it.
+                settle(session, kind)
+
+
+def switch_room(session: Session, room: str) -> None:
+    """``/room ROOM``: talk in another of our rooms from now on (nothing is sent)."""
+    if session.rooms.switch(room) is None:
+        session.notice("room_chat_not_member", room=sanitize_inline(room))
+        return
+    session.refresh_prompt()
+    session.notice("room_current", room=("room", sanitize_inline(session.rooms.current)))
+
+
+def settle(session: Session, kind: str) -> str | None:
+    """Wait (at most ANSWER_TIMEOUT) for the answer to the join or part just sent: its mark, or None.
+
+    Lines typed meanwhile are held: a line after ``/join dev`` goes to dev.
+    None when a notice answered instead (a flood refusal) or nothing did in
+    time (a server without rooms, such as the original), which is said.
+    """
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while session.awaited.pending(kind) and (remaining := deadline - time.monotonic()) > 0:
+        try:
+            item, _ = session.inbox.get_news(remaining)
+        except queue.Empty:
+            break
+        _raise_for(item)  # the connection lost, or Ctrl-C; an answer: look again
+    if session.awaited.pending(kind):
+        session.awaited.give_up(kind)  # said now; not waited for again before leaving
+        session.notice("no_room_answer")
+    return session.rooms.settle()
+
+
+def pause(session: Session, seconds: float) -> None:
+    """Wait ``seconds`` while connected; lines typed meanwhile are held."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            item, _ = session.inbox.get_news(remaining)
+        except queue.Empty:
+            return
+        _raise_for(item)
+
+
+def rejoin_rooms(session: Session) -> None:
+    """After a reconnect, once the name is ours again: join our rooms again; the current one stays.
+
+    One join at a time, each awaited.  One answered neither join1 nor join0
+    (the server's flood control, which a burst of rejoins can trip) is asked
+    again after REJOIN_PAUSE, REJOIN_TRIES times in all; a room refused
+    (join0: the room limit was reached meanwhile, ...) or never answered is
+    said and left out, and if it was the current room the previous one is.
+    """
+    for room in session.rooms.joined():
+        answer = None
+        for attempt in range(REJOIN_TRIES):
+            if attempt:
+                pause(session, REJOIN_PAUSE)
+            session.rooms.expect(room)
+            session.send(join_message(CHANNEL, room, JOIN, ""))
+            answer = settle(session, JOINING)
+            if answer is not None:
+                break
+        if answer != JOIN_OK:
+            now_in = session.rooms.forget(room)
+            session.refresh_prompt()
+            session.notice("rejoin_refused", room=sanitize_inline(room))
+            if now_in is not None:
+                session.notice("room_current", room=("room", sanitize_inline(now_in)))
 
 
 def wait_offline(session: Session, seconds: float) -> None:
@@ -1303,9 +1705,11 @@ def wait_offline(session: Session, seconds: float) -> None:
         # Anything else is news of the lost connection: nothing to do.
 
 
-def open_connection(address: tuple[str, int]) -> socket.socket:
-    """Connect to the server; raises ``OSError``."""
+def open_connection(address: tuple[str, int], tls: ssl.SSLContext | None = None) -> socket.socket:
+    """Connect to the server, over TLS with a context; raises ``OSError`` (``ssl.SSLError`` for TLS)."""
     sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    if tls is not None:
+        return client_identity.connect_tls(sock, address[0], tls)
     sock.settimeout(None)
     return sock
 
@@ -1324,6 +1728,7 @@ def reconnect(session: Session) -> None:
     """
     session.connected = False
     session.awaited.clear()  # what the lost connection owed will never come
+    session.rooms.settle()
     session.refresh_prompt()
     while True:
         session.attempts += 1
@@ -1331,7 +1736,7 @@ def reconnect(session: Session) -> None:
         session.notice("reconnect_wait", delay=delay, attempt=session.attempts)
         wait_offline(session, delay)
         try:
-            sock = open_connection(session.address)
+            sock = open_connection(session.address, session.tls)
         except OSError as exc:
             logger.debug("reconnect attempt %d failed: %s", session.attempts, exc)
             where = format_address(session.address)
@@ -1359,6 +1764,7 @@ def chat(session: Session, name: str | None = None) -> None:
             elif not session.name:
                 ask_nickname(session, name)
             session.attempts = 0  # in the room again
+            rejoin_rooms(session)
             input_loop(session)
             return
         except ServerGone:
@@ -1517,7 +1923,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port", type=port_argument, default=DEFAULT_PORT, help="server port (default: %(default)s)"
     )
     parser.add_argument("--lang", choices=LANGUAGES, default="en", help="language of the client's texts")
-    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken)")
+    parser.add_argument("--name", help="the nickname to ask for, instead of prompting (asked again if taken); "
+                        "with CHATROOM_PASSWORD set, it is logged in to with that password")
     parser.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
     parser.add_argument(
         "--reconnect",
@@ -1528,6 +1935,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "of input) and take the same name back; default: on with a terminal, off with a pipe"
         ),
     )
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="connect over TLS, verifying the server's certificate against the system's CAs (or --tls-ca)",
+    )
+    parser.add_argument("--tls-ca", metavar="FILE", help="verify the server against these CA certificates (PEM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
     return parser.parse_args(argv)
 
@@ -1558,8 +1970,19 @@ def main(argv: list[str] | None = None) -> int:
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stdout)
     colour = use_colour(args.no_color, os.environ, _is_terminal(sys.stdout))
     address = (args.host, args.port)
+    tls_context = None
+    if args.tls or args.tls_ca:
+        try:
+            tls_context = client_identity.tls_context(args.tls_ca)
+        except ValueError as exc:
+            print(exc, flush=True)
+            return 1
     reconnect = interactive if args.reconnect is None else args.reconnect
-    session = Session(None, args.lang, colour=colour, address=address, reconnect=reconnect)
+    # A password on the command line would be visible to every user of the host (ps).
+    password = os.environ.get("CHATROOM_PASSWORD") or None
+    session = Session(
+        None, args.lang, colour=colour, address=address, reconnect=reconnect, tls=tls_context, password=password
+    )
     if interactive:
         session.terminal = Terminal(session.inbox, session.prompt_text, session.refusal)
         session.prompt_key = None if args.name else "ask_name"
@@ -1578,7 +2001,10 @@ def main(argv: list[str] | None = None) -> int:
         except (EndOfInput, Interrupted, KeyboardInterrupt):
             return leave(session)  # never connected: nothing to tell the server
         try:
-            sock = open_connection(address)
+            sock = open_connection(address, tls_context)
+        except ssl.SSLError as exc:  # a refused certificate above all: one line that says so
+            session.show(client_identity.tls_failure(args.host, args.port, exc, args.lang))
+            return 1
         except OSError as exc:
             where = format_address(address)
             session.show(session.text("connect_failed", address=where, error=describe_error(exc)))

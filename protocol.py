@@ -48,14 +48,54 @@ ROOMS = "rooms"  # individual:<me>:rooms: -> the rooms and their member counts, 
 #: roomHistory:<room>:<unix seconds>:<sender>:<text>, to a joiner (the lobby's stays history:...).
 ROOM_HISTORY = "roomHistory"
 
+# Accounts (chatroom/accounts.py).  Each command is answered <mark>1 (done)
+# or <mark>0:<reason> (refused); a successful login is answered as an
+# accepted first nickname, changeNameFirst1, so every client understands it.
+REGISTER = "register"  # individual:<me>:register:<password>           -> register1:<me>
+LOGIN = "login"  # individual::login:<name>:<password>                  -> changeNameFirst1:<name>
+PASSWORD = "password"  # individual:<me>:password:<old>:<new>            -> password1:<me>
+UNREGISTER = "unregister"  # individual:<me>:unregister:<password>       -> unregister1:<me>
+# Moderation (chatroom/moderation.py), for a logged-in operator; answered the same way.
+KICK = "kick"  # kick:<name> [reason]
+BAN = "ban"  # ban:<name or ip=address> <duration> [reason]
+UNBAN = "unban"  # unban:<name or ip=address>
+BANS = "bans"  # bans:  -> bans1:<the list>
+MUTE = "mute"  # mute:<name> <duration> [reason]
+UNMUTE = "unmute"  # unmute:<name>
+ANNOUNCE = "announce"  # announce:<text> -> every user: channel:channel1:系统消息:<text>
+ACCOUNT_MARKS = frozenset((REGISTER, LOGIN, PASSWORD, UNREGISTER))
+MODERATION_MARKS = frozenset((KICK, BAN, UNBAN, BANS, MUTE, UNMUTE, ANNOUNCE))
+#: The commands whose message field holds a password: never logged, never shown.
+PASSWORD_MARKS = ACCOUNT_MARKS
+
+
+def done_mark(mark: str) -> str:
+    """The mark that says an account or moderation command was carried out (``register1``)."""
+    return mark + "1"
+
+
+def refused_mark(mark: str) -> str:
+    """The mark that says an account or moderation command was refused (``register0``)."""
+    return mark + "0"
+
+
+#: Every answer mark of the account and moderation commands.
+ANSWER_MARKS = frozenset(
+    answer for mark in ACCOUNT_MARKS | MODERATION_MARKS for answer in (done_mark(mark), refused_mark(mark))
+)
+
 
 class Message(NamedTuple):
-    """One parsed payload."""
+    """One parsed payload; its repr hides a password (see :func:`redacted`)."""
 
     target_type: str
     target: str
     mark: str
     text: str
+
+    def __repr__(self) -> str:
+        text = _hidden(self.mark, self.text)
+        return f"Message(target_type={self.target_type!r}, target={self.target!r}, mark={self.mark!r}, text={text!r})"
 
 
 def split_message(payload: str) -> Message | None:
@@ -69,6 +109,29 @@ def split_message(payload: str) -> Message | None:
 def join_message(target_type: str, target: str, mark: str, text: str) -> str:
     """Build a payload from its four fields."""
     return f"{target_type}:{target}:{mark}:{text}"
+
+
+HIDDEN = "***"
+
+
+def _hidden(mark: str, text: str) -> str:
+    if mark not in PASSWORD_MARKS:
+        return text
+    if mark == LOGIN:  # the name is not secret, the password is
+        name, colon, _ = text.partition(":")
+        return f"{name}{colon}{HIDDEN}" if colon else HIDDEN
+    return HIDDEN
+
+
+def redacted(payload: str) -> str:
+    """``payload`` as it may appear in a log line: the password of an account command replaced by ``***``.
+
+    Any payload at all may be given, whole or not: only a password is hidden.
+    """
+    parts = split_message(payload)
+    if parts is None or parts.mark not in PASSWORD_MARKS:
+        return payload
+    return join_message(parts.target_type, parts.target, parts.mark, _hidden(parts.mark, parts.text))
 
 
 def fits(payload: str, max_frame: int) -> bool:
@@ -132,6 +195,21 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def fit_listing(items: list[str], render, max_frame: int) -> str:
+    """``render(listing, count)`` with as many of ``items`` as fit one reply frame; ", …" marks a cut.
+
+    The reply is sent as ``individual:<name>:系统消息:<text>``: room is left
+    for the longest name (32 characters of up to 4 bytes).
+    """
+    shown = list(items)
+    while True:
+        listing = ", ".join(shown) + (", …" if len(shown) < len(items) else "")
+        message = render(listing, len(items))
+        if fits(f"{INDIVIDUAL}:{'x' * 4 * MAX_NAME_LENGTH}:{SYSTEM}:{message}", max_frame) or not shown:
+            return message
+        shown = shown[: len(shown) * 3 // 4]
+
+
 def printable(text: str) -> str:
     """``text`` with every control, format or separator character shown as ``<U+XXXX>``.
 
@@ -156,6 +234,38 @@ def room_problem(name: str) -> str | None:
     if name_key(name) == BROADCAST:
         return None
     return name_problem(name)
+# --- passwords ---------------------------------------------------------------
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_BYTES = 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Return the text key saying why ``password`` cannot be set, or None if it is fine.
+
+    At least 8 characters, at most 1,024 bytes of UTF-8, and no ``:``:
+    ``password:<old>:<new>`` is split at its first colon, so a password
+    holding one could never be changed.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return "password_short"
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        return "password_long"
+    if ":" in password:
+        return "password_colon"
+    return None
+
+
+def split_login(text: str) -> tuple[str, str] | None:
+    """``<name>:<password>`` of a login, split at the first colon (names never hold one); None without one."""
+    name, colon, password = text.partition(":")
+    return (name, password) if colon else None
+
+
+def split_password_change(text: str) -> tuple[str, str] | None:
+    """``<old>:<new>`` of a password change, split at the first colon; None without one."""
+    old, colon, new = text.partition(":")
+    return (old, new) if colon else None
 
 
 # --- chat text ---------------------------------------------------------------
@@ -298,6 +408,83 @@ TEXTS: dict[str, dict[str, str]] = {
     "room_who": {"zh": "房间 {room} 的用户({count}): {names}", "en": "In {room} ({count}): {names}"},
     "room_count": {"zh": "房间 {room} 的人数为{count}人", "en": "Users in {room}: {count}"},
     "rooms_list": {"zh": "房间({count}): {rooms}", "en": "Rooms ({count}): {rooms}"},
+    # Accounts (chatroom/accounts.py).
+    "name_registered": {
+        "zh": "该名字已被注册,请登录后使用 (/login 名字 密码)",
+        "en": "That name is registered: log in to use it (/login NAME PASSWORD)",
+    },
+    "register_guest": {"zh": "请先设置昵称:访客名不能注册", "en": "Take a nickname first: a guest name cannot be registered"},
+    "register_taken": {"zh": "< {name} > 已被注册", "en": "< {name} > is already registered"},
+    "password_short": {"zh": "密码至少8个字符", "en": "A password must be at least 8 characters"},
+    "password_long": {"zh": "密码最长1024字节", "en": "A password must be at most 1024 bytes"},
+    "password_colon": {"zh": "密码不能包含':'", "en": "A password must not contain ':'"},
+    "plaintext_password": {
+        "zh": "来自你的地址的密码只能经TLS发送:请用TLS连接端口{port}",
+        "en": "Passwords from your address are accepted over TLS only: connect with TLS to port {port}",
+    },
+    "plaintext_password_no_tls": {
+        "zh": "来自你的地址的密码只能经TLS发送,而本服务器没有TLS端口",
+        "en": "Passwords from your address are accepted over TLS only, and this server has no TLS port",
+    },
+    "login_usage": {"zh": "登录格式: 名字:密码", "en": "Log in with NAME:PASSWORD"},
+    "password_usage": {"zh": "修改密码格式: 旧密码:新密码", "en": "Change a password with OLD:NEW"},
+    "no_account": {"zh": "账号 < {name} > 不存在", "en": "There is no account < {name} >"},
+    "wrong_password": {"zh": "密码错误", "en": "Wrong password"},
+    "login_throttled_name": {
+        "zh": "< {name} > 登录失败次数过多,请{minutes}分钟后再试",
+        "en": "Too many failed logins for < {name} >: try again in {minutes} min",
+    },
+    "login_throttled_address": {
+        "zh": "来自你的地址的登录失败次数过多,请{minutes}分钟后再试",
+        "en": "Too many failed logins from your address: try again in {minutes} min",
+    },
+    "not_logged_in": {"zh": "你尚未登录账号", "en": "You are not logged in to an account"},
+    "hashing_busy": {"zh": "同时登录的人过多,请稍后再试", "en": "Too many logins at once: please try again in a moment"},
+    "taken_over": {
+        "zh": "< {name} > 的注册者已登录,取回了该名字;你现在的名字是 {guest}",
+        "en": "The registered owner of < {name} > logged in and took the name back: you are now {guest}",
+    },
+    # Moderation (chatroom/moderation.py).
+    "not_operator": {"zh": "只有管理员可以这样做", "en": "Only an operator may do that"},
+    "moderation_usage": {"zh": "用法: {usage}", "en": "Usage: {usage}"},
+    "bad_duration": {
+        "zh": "无效的时长: {value} (如 10m, 2h, 1d, 0 表示直到解除)",
+        "en": "Not a duration: {value} (10m, 2h, 1d, or 0 for until lifted)",
+    },
+    "bad_address": {"zh": "无效的IP地址或网段: {value}", "en": "Not an IP address or network: {value}"},
+    "until_time": {"zh": "至{time}", "en": "until {time}"},
+    "until_lifted": {"zh": "直到解除", "en": "until lifted"},
+    "kick_done": {"zh": "已踢出 < {name} >", "en": "< {name} > was kicked"},
+    "kicked_notice": {"zh": "{name} 被 {by} 踢出{reason}", "en": "{name} was kicked by {by}{reason}"},
+    "kicked_you": {"zh": "你被 {by} 踢出聊天室{reason}", "en": "You were kicked by {by}{reason}"},
+    "ban_done": {"zh": "{target} 已被封禁,{until}", "en": "{target} is banned {until}"},
+    "banned_notice": {"zh": "{target} 被 {by} 封禁,{until}{reason}", "en": "{target} was banned by {by} {until}{reason}"},
+    "banned_you": {"zh": "你已被封禁,{until}{reason}", "en": "You are banned {until}{reason}"},
+    "name_banned": {"zh": "该名字已被封禁", "en": "That name is banned"},
+    "login_banned": {"zh": "< {name} > 已被封禁,{until}", "en": "< {name} > is banned {until}"},
+    "ban_guest": {
+        "zh": "访客名每次连接都不同,不能封禁:请踢出该用户,或封禁其地址 (ip=...)",
+        "en": "A guest name is new at every connection and cannot be banned: kick it, or ban an address (ip=...)",
+    },
+    "unban_done": {"zh": "{target} 已解除封禁", "en": "{target} is no longer banned"},
+    "not_banned": {"zh": "{target} 未被封禁", "en": "{target} is not banned"},
+    "bans_title": {"zh": "封禁列表({count}):", "en": "Bans ({count}):"},
+    "bans_line": {"zh": "\n {target}: {until}, 操作者 {by}{reason}", "en": "\n {target}: {until}, by {by}{reason}"},
+    "bans_none": {"zh": "没有封禁", "en": "Nobody is banned"},
+    "mute_done": {"zh": "< {name} > 已被禁言,{until}", "en": "< {name} > is muted {until}"},
+    "muted_notice": {"zh": "{name} 被 {by} 禁言,{until}{reason}", "en": "{name} was muted by {by} {until}{reason}"},
+    "muted_you": {"zh": "你被 {by} 禁言,{until}{reason}", "en": "You were muted by {by} {until}{reason}"},
+    "muted_refusal": {"zh": "你已被禁言,{until}:信息未发送", "en": "You are muted {until}: your message was not sent"},
+    "unmute_done": {"zh": "< {name} > 已解除禁言", "en": "< {name} > may speak again"},
+    "unmuted_you": {"zh": "你已被解除禁言", "en": "You may speak again"},
+    "not_muted": {"zh": "< {name} > 未被禁言", "en": "< {name} > is not muted"},
+    "announce_done": {"zh": "公告已发送", "en": "Announced"},
+    "announcement": {"zh": "{by} 发布公告: {text}", "en": "Announcement from {by}: {text}"},
+    # TLS (chatroom/tls.py).
+    "tls_only_port": {
+        "zh": "此端口只接受TLS连接:请用TLS连接 (python client.py --tls)",
+        "en": "This port speaks TLS only: connect with TLS (python client.py --tls)",
+    },
     # Client texts.
     "connected": {"zh": "服务器连接成功", "en": "Connected to the server"},
     # Original: "服务器连接失败 err =" and Go's error, which names the address.
@@ -340,8 +527,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "quit_ok": {"zh": "退出成功", "en": "Bye"},
     # Client texts this port adds (slash commands, private messages, history, reconnecting).
     "banner_slash": {
-        "zh": " 也可用: /help /msg 名字 内容 /who /nick 名字 /top /quit",
-        "en": " Also: /help  /msg NAME TEXT  /who  /nick NAME  /top  /quit",
+        "zh": " 也可用: /help /msg 名字 内容 /who /nick 名字 /top /join 房间 /rooms /quit",
+        "en": " Also: /help  /msg NAME TEXT  /who  /nick NAME  /top  /join ROOM  /rooms  /quit",
     },
     "help": {
         "zh": (
@@ -349,8 +536,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /help                 本帮助\n"
             "  /msg 名字 内容        私聊\n"
             '  /msg "名 字" 内容     名字含空格时用引号(" 或 \')括起\n'
-            "  /who                  在线用户列表\n"
-            "  /online               在线用户数量    (./cd3 或 ./online)\n"
+            "  /join 房间            加入房间并在其中发言\n"
+            "  /part [房间]          退出房间\n"
+            "  /room 房间, /r 房间   切换到你的另一个房间; 只输入 /room: 当前房间和你的房间\n"
+            "  /rooms                所有房间及其人数\n"
+            "  /who [房间]           房间里的用户; 在大厅: 在线用户列表\n"
+            "  /online [房间]        房间人数        (./cd3 或 ./online: 在线用户数量)\n"
+            "                        (不写房间: 当前房间; 大厅即 channel1)\n"
             "  /top                  活跃排行        (./cd4 或 ./activity)\n"
             "  /nick 名字            更改昵称        (./cd2 或 ./changeName)\n"
             "  /quit                 退出聊天室      (./cd5 或 ./quit)\n"
@@ -362,8 +554,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /help                 this help\n"
             "  /msg NAME TEXT        a private message to NAME\n"
             '  /msg "A NAME" TEXT    to a name with spaces (or in \'single\' quotes)\n'
-            "  /who                  who is online\n"
-            "  /online               how many users are online  (./cd3 or ./online)\n"
+            "  /join ROOM            join a room and talk in it\n"
+            "  /part [ROOM]          leave a room\n"
+            "  /room ROOM, /r ROOM   talk in another of your rooms; /room alone: which one\n"
+            "  /rooms                every room, and how many are in it\n"
+            "  /who [ROOM]           who is in the room; in the lobby: who is online\n"
+            "  /online [ROOM]        how many are in it (./cd3 or ./online: all online)\n"
+            "                        (without ROOM: the current room; the lobby is channel1)\n"
             "  /top                  activity ranking           (./cd4 or ./activity)\n"
             "  /nick NAME            change your nickname       (./cd2 or ./changeName)\n"
             "  /quit                 leave the chat room        (./cd5 or ./quit)\n"
@@ -382,6 +579,39 @@ TEXTS: dict[str, dict[str, str]] = {
     "bad_target": {"zh": "名字不能包含':'", "en": "A name cannot contain ':'"},
     "private_in": {"zh": "[私聊] < {name} >{text}", "en": "[private] < {name} > {text}"},
     "private_out": {"zh": "[私聊] < 我 -> {name} >{text}", "en": "[private] < you -> {name} > {text}"},
+    # Client texts of accounts, moderation and TLS (chatroom/client_identity.py).
+    "usage_command": {"zh": "用法: {usage}", "en": "Usage: {usage}"},
+    "registered_you": {
+        "zh": "< {name} > 已注册,下次请用 /login {name} 密码 登录",
+        "en": "< {name} > is registered to you: next time, log in with /login {name} PASSWORD",
+    },
+    "password_changed": {"zh": "< {name} > 的密码已修改", "en": "The password of < {name} > is changed"},
+    "unregistered_you": {"zh": "< {name} > 已取消注册", "en": "< {name} > is no longer registered"},
+    "tls_failed": {"zh": "无法经TLS连接 {host}:{port}: {reason}", "en": "Could not connect to {host}:{port} over TLS: {reason}"},
+    "help_accounts": {
+        "zh": (
+            "账号:\n"
+            "  /register 密码           注册当前昵称\n"
+            "  /login 名字 密码         登录已注册的昵称\n"
+            "  /password 旧密码 新密码  修改密码\n"
+            "  /unregister 密码         取消注册\n"
+            "管理员 (时长: 10m, 2h, 1d, 0 = 直到解除):\n"
+            "  /kick 名字 [原因]          /ban 名字|ip=地址 时长 [原因]\n"
+            "  /unban 名字|ip=地址  /bans  /mute 名字 时长 [原因]\n"
+            "  /unmute 名字               /announce 内容"
+        ),
+        "en": (
+            "Accounts:\n"
+            "  /register PASSWORD    register the nickname you hold\n"
+            "  /login NAME PASSWORD  take a registered nickname\n"
+            "  /password OLD NEW     change your password\n"
+            "  /unregister PASSWORD  remove your account\n"
+            "Operators (DURATION: 10m, 2h, 1d, or 0 for until lifted):\n"
+            "  /kick NAME [REASON]              /ban NAME|ip=ADDRESS DURATION [REASON]\n"
+            "  /unban NAME|ip=ADDRESS  /bans    /mute NAME DURATION [REASON]\n"
+            "  /unmute NAME                     /announce TEXT"
+        ),
+    },
     "history_mark": {"zh": "(历史) ", "en": "(history) "},
     "offline": {"zh": "(离线) ", "en": "(offline) "},
     "reconnect_wait": {
@@ -459,6 +689,18 @@ TEXTS: dict[str, dict[str, str]] = {
             "  /quit             leave the chat\n"
             "  //TEXT            send a text that starts with /"
         ),
+    },
+    # Rooms, as the client shows them.
+    "room_tag": {"zh": "[{room}] ", "en": "[{room}] "},
+    "room_current": {"zh": "当前房间: {room}", "en": "Current room: {room}"},
+    "room_status": {"zh": "当前房间: {room}; 你的房间: {rooms}", "en": "Current room: {room}; your rooms: {rooms}"},
+    "room_parted": {"zh": "你已离开房间 {room}", "en": "You left the room {room}"},
+    "rejoin_refused": {"zh": "无法重新加入房间 < {room} >", "en": "Could not join the room < {room} > again"},
+    "usage_join": {"zh": "用法: /join 房间名", "en": "Usage: /join ROOM"},
+    "bad_room": {"zh": "房间名不能包含':'", "en": "A room name cannot contain ':'"},
+    "no_room_answer": {
+        "zh": "服务器没有回应(它也许不支持房间)",
+        "en": "The server did not answer (it may not have rooms)",
     },
     # How the client frames what it prints.  The zh forms are what the Go
     # client's Println produces, spaces included.

@@ -33,6 +33,12 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     serverUsers:<sid> set    user ids connected to that process
     channel1         channel broadcast
     user:<id>        channel one user's personal messages
+    account:<key>    hash    a registered name: name, hash (argon2id), oper, created (chatroom/accounts.py)
+    accounts         set     the name_keys of every account
+    loginFailures:…  string  failed logins of a name or an address, for 10 minutes
+    bans, mutes      hash    target -> the ban or mute, with its expiry (chatroom/moderation.py)
+    moderationLog    list    newest first, capped: every operator's action
+    control          channel actions aimed at the users of every process (chatroom/control.py)
 
 Where this differs from the original, a comment says what the original did.
 """
@@ -44,6 +50,7 @@ import enum
 import errno
 import logging
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -60,6 +67,7 @@ except ImportError as exc:  # python server.py with a bare Python
 
 import protocol as p
 from chatroom import process, redisdb
+from chatroom.accounts import Accounts, PasswordHasher
 from chatroom.cluster import Membership, RedisHealth
 from chatroom.config import Config, parse_args
 from chatroom.connection import (
@@ -70,10 +78,13 @@ from chatroom.connection import (
     set_send_timeout,
     system_payload,
 )
+from chatroom.control import ControlChannel
 from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
+from chatroom.moderation import Moderation, Sanctions
 from chatroom.redisdb import Batch, Departure, Keys
 from chatroom.rooms import Rooms
+from chatroom.tls import HandshakeFailed, TlsListener, server_context
 from chatroom.websocket import WebSocketListener
 from framing import FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
@@ -130,10 +141,31 @@ class ChatServer:
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
         self.history = History(self.rdb, config.history)
         self.rooms = Rooms(self.rdb, self.keys, config, self.listeners, self.history)
+        self.control = ControlChannel(self.rdb, self.keys.control, self._shutting_down, config.close_timeout)
+        self.sanctions = Sanctions(self.rdb, self.keys)
+        self.accounts = Accounts(
+            self.rdb, self.keys, config, self.control, self._local_connections, self.sanctions,
+            lambda: self.tls_port, PasswordHasher(spare_cpus=process.spare_cpus()),
+        )
+        self.moderation = Moderation(
+            self.rdb, self.keys, self.control, self.accounts, self.sanctions, self._local_connections,
+            self.get_users_channel,
+        )
+        #: The certificate and the handshakes of the TLS port, if there is one.
+        self.tls = (
+            TlsListener(config.tls_cert, config.tls_key, config.tls_handshake_timeout)
+            if config.tls_port is not None else None
+        )
+        self._tls_listener: socket.socket | None = None
+        self._wake_accept: tuple[socket.socket, socket.socket] | None = None
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
-        #: The browsers' front door (--ws-port; wss:// with an ssl.SSLContext).
+        #: The browsers' front door (--ws-port): https:// and wss:// with the TLS port's
+        #: certificate (--tls-cert, --tls-key), or with ``ws_ssl_context``.
+        self._web_follows_tls = ws_ssl_context is None and self.tls is not None
+        if self._web_follows_tls:
+            ws_ssl_context = server_context(config.tls_cert, config.tls_key)
         self.websocket = (
             WebSocketListener(config, self.register, self.handle_connection, ssl_context=ws_ssl_context)
             if config.ws_port is not None
@@ -152,37 +184,56 @@ class ChatServer:
     # --- lifecycle (socketserver's shape; Go: the loop in main) ---------------
 
     def bind(self) -> None:
-        """Open the listening socket, register with Redis, start the heartbeat."""
-        listener = socket.create_server((self.config.host, self.config.port), backlog=LISTEN_BACKLOG)
-        self._listener = listener
-        if not self.membership.server_id:
-            self.membership.server_id = f"{socket.gethostname()}-{self.port}"
+        """Open the listening sockets (plaintext, TLS), register with Redis, start the heartbeat."""
+        config = self.config
         try:
+            if config.plaintext:
+                self._listener = socket.create_server((config.host, config.port), backlog=LISTEN_BACKLOG)
+            if self.tls is not None:
+                self._tls_listener = socket.create_server((config.host, config.tls_port), backlog=LISTEN_BACKLOG)
+            if not self.membership.server_id:
+                self.membership.server_id = f"{socket.gethostname()}-{self.port}"
             if self.websocket is not None:
                 self.websocket.bind()
             self.init()
+            self.sanctions.load()
+            self.control.start()
         except BaseException:
-            listener.close()
-            self._listener = None
+            for listener in self._listening_sockets():
+                listener.close()
+            self._listener = self._tls_listener = None
             if self.websocket is not None:
                 self.websocket.stop()
             raise
+        self._wake_accept = socket.socketpair()
+        self.accounts.start()
         self.membership.start()
         self.health.start_notifier()
         if self.websocket is not None:
             self.websocket.start()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
+        if self._tls_listener is not None:
+            logger.info("TLS on %s:%d", *self._tls_listener.getsockname()[:2])
+
+    def _listening_sockets(self) -> list[socket.socket]:
+        return [s for s in (self._listener, self._tls_listener) if s is not None]
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the server listens on."""
-        assert self._listener is not None, "call bind() or start() first"
-        return self._listener.getsockname()[:2]
+        """The (host, port) the server listens on (in clear text; with --no-plaintext, the TLS one)."""
+        listener = self._listener or self._tls_listener
+        assert listener is not None, "call bind() or start() first"
+        return listener.getsockname()[:2]
 
     @property
     def port(self) -> int:
         """The port the server listens on (useful with port 0)."""
         return self.address[1]
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port, or None without one."""
+        return self._tls_listener.getsockname()[1] if self._tls_listener is not None else None
 
     def start(self) -> None:
         """Bind, then accept connections in a background thread."""
@@ -191,36 +242,66 @@ class ChatServer:
         self._accept_thread.start()
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown` (Go: the loop in ``main``)."""
-        if self._listener is None:
+        """Accept connections until :meth:`shutdown` (Go: the loop in ``main``).
+
+        One loop for both ports (plaintext and TLS); it only accepts: a TLS
+        handshake happens in the connection's own thread (:meth:`handle_connection`).
+        """
+        if self._wake_accept is None:
             self.bind()
-        listener = self._listener
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        while not self._shutting_down.is_set():
+        wake = self._wake_accept[0]
+        with selectors.DefaultSelector() as selector:
             try:
-                sock, address = listener.accept()
-            except OSError as exc:
-                if self._shutting_down.is_set():
-                    break
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self._refuse_out_of_files(listener)
-                else:
-                    logger.warning("accept failed: %s", exc)
-                continue
-            self.admit(sock, address)
+                for listener in self._listening_sockets():
+                    listener.setblocking(False)  # a connection reset before accept() must not block it
+                    selector.register(listener, selectors.EVENT_READ)
+                selector.register(wake, selectors.EVENT_READ)
+            except (OSError, ValueError):  # shut down already
+                self._shutting_down.set()
+            while not self._shutting_down.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is not wake:
+                        self._accept(key.fileobj)
         os.close(self._spare_fd)
+        for end in self._wake_accept:
+            end.close()
         self._stopped.wait()
 
-    def admit(self, sock: socket.socket, address: tuple) -> None:
-        """Start serving an accepted socket, or refuse it with a reason."""
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, address = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if self._shutting_down.is_set():
+                return
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._refuse_out_of_files(listener)
+            else:
+                logger.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(True)
+        try:
+            self.admit(sock, address, tls=listener is self._tls_listener)
+        except Exception:
+            # One connection's surprise must not end the accept loop for everyone.
+            logger.exception("could not admit %s:%d; closing it", address[0], address[1])
+            sock.close()
+
+    def admit(self, sock: socket.socket, address: tuple, tls: bool = False) -> None:
+        """Start serving an accepted socket, or refuse it with a reason (a banned address: before any thread)."""
         config = self.config
         bucket = TokenBucket(config.rate_limit, config.rate_burst)
-        conn = Connection(sock, address, bucket, max_frame=config.max_frame, lang=config.lang)
+        stream = self.tls.stream(sock) if tls else sock  # no I/O: the handshake is the thread's
+        conn = Connection(stream, address, bucket, max_frame=config.max_frame, lang=config.lang)
+        conn.tls = tls
         # Named again once the user has an id.
         conn.reader_thread = threading.Thread(target=self.handle_connection, args=(conn,), name="conn-?", daemon=True)
         refusal = self.register(conn)
         if refusal is not None:
-            self.refuse(sock, refusal)
+            reason, values = refusal
+            self.refuse(sock, reason, **values)
             return
         try:
             conn.reader_thread.start()
@@ -229,18 +310,21 @@ class ChatServer:
             self._forget(conn)
             self.refuse(sock, "server_busy")
 
-    def register(self, conn: Connection) -> str | None:
-        """Count a new connection in, or return the text key of why it may not come in.
+    def register(self, conn: Connection) -> tuple[str, dict] | None:
+        """Count a new connection in, or return why it may not come in: (its text key, the text's values).
 
-        The rules of every listener (TCP, WebSocket).  A connection is counted
-        before its reader runs, so a shutdown racing with its accept still
-        sees, and waits for, it.
+        The rules of every listener (TCP, TLS, WebSocket).  A connection is
+        counted before its reader runs, so a shutdown racing with its accept
+        still sees, and waits for, it.
         """
         config = self.config
         ip = conn.address[0]
+        banned = self.moderation.address_refusal(ip, self.lang)  # in memory: no round trip here
         with self._connections_lock:
             if self._shutting_down.is_set():  # accepted just before the listener closed
                 refusal = "server_shutdown"
+            elif banned is not None:
+                refusal = "banned_you"
             elif len(self.connections) >= config.max_clients:
                 refusal = "server_full"
             elif config.max_per_ip and self._per_ip.get(ip, 0) >= config.max_per_ip:
@@ -250,13 +334,16 @@ class ChatServer:
                 self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
                 return None
         logger.warning("refusing %s:%d: %s", ip, conn.address[1], refusal)
-        return refusal
+        return refusal, banned or {}
 
-    def refuse(self, sock: socket.socket, reason: str) -> None:
-        """Send one system message to a connection we will not serve, and close it."""
+    def refuse(self, sock: socket.socket, reason: str, /, **values: object) -> None:
+        """Send one system message to a connection we will not serve, and close it.
+
+        In clear text, on the TLS port too: no handshake is made for a refusal.
+        """
         try:
             sock.settimeout(REFUSAL_SEND_TIMEOUT)
-            sock.sendall(encode_bytes(system_payload(p.INDIVIDUAL, "", self.text(reason)) + b"\n"))
+            sock.sendall(encode_bytes(system_payload(p.INDIVIDUAL, "", self.text(reason, **values)) + b"\n"))
         except OSError:
             pass
         finally:
@@ -301,12 +388,15 @@ class ChatServer:
             return
         self._shutting_down.set()
         logger.info("shutting down")
-        if self._listener is not None:
+        if self._wake_accept is not None:
+            with contextlib.suppress(OSError):
+                self._wake_accept[1].send(b"x")
+        for listener in self._listening_sockets():
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)
+                listener.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self._listener.close()
+            listener.close()
         connections = self._local_connections()
         # In three passes: once the first client's socket is shut, its reader
         # announces its leaving to everyone, and every system call of this
@@ -335,6 +425,8 @@ class ChatServer:
             if thread is not None and thread.ident is not None:  # admit() may not have started it yet
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
+        self.control.stop(max(0.0, deadline - time.monotonic()))
+        self.accounts.stop(max(0.0, deadline - time.monotonic()))
         self.membership.unregister()
         if self.websocket is not None:  # what is left: page requests, handshakes refused as shutting down
             self.websocket.stop()
@@ -359,6 +451,8 @@ class ChatServer:
     def handle_connection(self, conn: Connection) -> None:
         """Serve one client from connect to leave, then release all it holds."""
         try:
+            if conn.tls and not self._tls_handshake(conn):
+                return
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             set_keepalive(conn.sock)
             set_send_timeout(conn.sock, self.config.send_timeout)
@@ -379,6 +473,22 @@ class ChatServer:
             logger.exception("%r: unexpected error", conn)
         finally:
             self.close_connection(conn)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the certificate and key again, for the TLS and web connections that come next."""
+        if self.tls.reload() and self.websocket is not None and self._web_follows_tls:
+            self.websocket.reload_certificate(self.tls.cert_file, self.tls.key_file)
+
+    def _tls_handshake(self, conn: Connection) -> bool:
+        """The TLS handshake, within --tls-handshake-timeout; False (logged) if it failed."""
+        notice = encode_bytes(system_payload(p.INDIVIDUAL, "", self.text("tls_only_port")) + b"\n")
+        try:
+            version = self.tls.handshake(conn.sock, notice)
+        except HandshakeFailed as exc:
+            logger.info("%r: %s", conn, exc)
+            return False
+        logger.debug("%r: %s", conn, version)
+        return True
 
     @staticmethod
     def _start_thread(name: str, target, conn: Connection) -> threading.Thread:
@@ -402,7 +512,8 @@ class ChatServer:
         # connections and a goroutine per disconnect.
         for sub in conn.subscriptions:
             try:
-                sub.unsubscribe()
+                with conn.sub_lock:  # the listener records confirmations under it
+                    sub.unsubscribe()
             except (redis.RedisError, OSError):
                 pass
         for thread in conn.listener_threads:
@@ -438,11 +549,16 @@ class ChatServer:
         name, then set (two clients could take one name), and never released
         the old name.
         """
-        problem = p.name_problem(new_name)
+        problem = p.name_problem(new_name) or self.moderation.name_problem(new_name)
         if problem is not None:
             return Rename.REFUSED, problem
         with conn.state_lock:
             try:
+                # Not atomic with the claim: a name registered in between was
+                # held by its registrant, whose login takes it back anyway.
+                problem = self.accounts.name_problem(conn, new_name)
+                if problem is not None:
+                    return Rename.REFUSED, problem
                 renamed = redisdb.claim_name(self.rdb, self.keys, conn.id, new_name, release=conn.name_key)
             except redis.RedisError as exc:
                 logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
@@ -514,7 +630,7 @@ class ChatServer:
                 return
             if not msg:
                 continue
-            logger.debug("%r: received %r", conn, msg)
+            logger.debug("%r: received %r", conn, p.redacted(msg))
             if not conn.bucket.take():
                 if self.refuse_flood(conn):
                     continue
@@ -581,7 +697,7 @@ class ChatServer:
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.  Nothing of this
             # message was queued yet (handlers read before they queue): one answer.
-            logger.error("%r: Redis error while handling %r: %s", conn, msg, exc)
+            logger.error("%r: Redis error while handling %r: %s", conn, p.redacted(msg), exc)
             conn.reply_text("server_error")
             return None
 
@@ -597,8 +713,10 @@ class ChatServer:
         """
         parts = p.split_message(msg)
         if parts is None:
-            logger.info("%r: not four fields: %r", conn, msg)
+            logger.info("%r: not four fields: %r", conn, p.redacted(msg))
             conn.reply_text("bad_format")
+            return None
+        if self.moderation.refuses(conn, parts):  # muted
             return None
         if parts.target_type == p.INDIVIDUAL:
             return self.handle_individual_commands(conn, parts.target, parts.mark, parts.text, batch)
@@ -629,8 +747,14 @@ class ChatServer:
         return conn.name
 
     def handle_individual_commands(self, conn, target: str, mark: str, message: str, batch: Batch) -> object:
-        """Renames, the menu, private messages, who."""
+        """Renames, the menu, private messages, who; accounts and moderation."""
         keys = self.keys
+        if mark == p.LOGIN:
+            # The right password makes it a first nickname: answered as one.
+            name = self.accounts.handle(conn, mark, message)
+            if name is None:
+                return None
+            mark, message = p.CHANGE_NAME_FIRST, name
         if mark in (p.CHANGE_NAME_FIRST, p.CHANGE_NAME):
             result, reason = self.change_name(conn, message)
             if result == Rename.OK:
@@ -682,6 +806,10 @@ class ChatServer:
             conn.reply_system(self.who_text())
         elif mark == p.ROOMS:
             conn.reply_system(self.rooms.list_text(self.get_online_users()))
+        elif mark in p.ACCOUNT_MARKS:
+            self.accounts.handle(conn, mark, message)
+        elif mark in p.MODERATION_MARKS:
+            self.moderation.handle(conn, mark, message)
         else:
             logger.info("%r: unknown individual mark %r", conn, mark)
             conn.reply_text("bad_format")
@@ -784,14 +912,9 @@ class ChatServer:
     def who_text(self) -> str:
         """The names online, sorted, as many as fit in one frame (``who``: not in the Go server)."""
         names = sorted((name.decode() for name in self.rdb.hvals(self.keys.users_name)), key=p.name_key)
-        shown = list(names)
-        while True:
-            listing = ", ".join(shown) + (", …" if len(shown) < len(names) else "")
-            message = self.text("who", count=len(names), names=listing)
-            # The longest name prefix the reply can carry: individual:<name>:系统消息:
-            if p.fits(f"individual:{'x' * 128}:系统消息:{message}", self.config.max_frame) or not shown:
-                return message
-            shown = shown[: len(shown) * 3 // 4]
+        return p.fit_listing(
+            names, lambda listing, count: self.text("who", count=count, names=listing), self.config.max_frame
+        )
 
     def text(self, key: str, **values: object) -> str:
         """A human-readable text in the server's language."""
@@ -801,7 +924,10 @@ class ChatServer:
 def say_listening(server: ChatServer) -> None:
     """Print where the server listens; a standard output that cannot be written must not stop it."""
     try:
-        print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+        if server.config.plaintext:
+            print(f"chatroom server listening on {server.address[0]}:{server.port}", flush=True)
+        if server.tls_port is not None:
+            print(f"chatroom server listening for TLS on {server.address[0]}:{server.tls_port}", flush=True)
         if server.websocket is not None:
             print(f"chatroom web page at {server.websocket.url}", flush=True)
     except OSError as exc:  # e.g. > /dev/full
@@ -825,7 +951,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.bind()
     except OSError as exc:
-        print(f"cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        ports = [str(config.port)] if config.plaintext else []
+        ports += [f"{config.tls_port} (TLS)"] if config.tls_port is not None else []
+        print(f"cannot listen on {config.host}:{' and '.join(ports)}: {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:  # a read-only replica, out of memory, ...
         problem = redisdb.describe_redis_error(exc)
@@ -838,6 +966,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if server.tls is not None:
+        # For the connections that come next; those open keep their session.
+        signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
     server.serve_forever()
     return 0
 

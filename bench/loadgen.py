@@ -6,6 +6,7 @@ clients without a thread each.  The orchestrator (``bench/run.py``) drives it
 over a pipe, one command at a time, and every command answers with one reply:
 
     ("login", first, count, window, timeout)   connect and name clients
+    ("join", room_size, timeout)               client i joins room i // room_size
     ("chat", spec)                             send numbered messages, check deliveries
     ("quiet", seconds, timeout)                wait until nothing has arrived for a while
     ("close",)                                 close every client and exit
@@ -20,7 +21,11 @@ pings answered.
 
 Chat messages carry their own evidence::
 
-    channel:channel1:<name>:m<sid> <seq> <t_send_ns>\\n
+    channel:<room>:<name>:m<sid> <seq> <t_send_ns>\\n
+
+(``<room>`` is ``channel1``, the lobby, unless the clients joined rooms: then
+each sender writes to its own room, and a receiver expects the senders of its
+room only; a message of another room is *foreign*.)
 
 ``sid`` is the sender's index (so a delivery whose name does not match the
 sender's is *misattributed*), ``seq`` counts that sender's messages from 0
@@ -44,7 +49,13 @@ HEADER = struct.Struct("<i")
 unpack_header = HEADER.unpack_from
 RECV_SIZE = 262144
 
-CHAT = re.compile(rb"channel:channel1:([^:]*):m(\d+) (\d+) (\d+)\n\Z", re.DOTALL)
+CHAT = re.compile(rb"channel:([^:]*):([^:]*):m(\d+) (\d+) (\d+)\n\Z", re.DOTALL)
+LOBBY = b"channel1"
+
+
+def room_of(index: int, room_size: int) -> bytes:
+    """The room client ``index`` joins when the clients go in rooms of ``room_size`` (fixed width)."""
+    return f"r{index // room_size:04d}".encode()
 
 
 def frame(text: str) -> bytes:
@@ -106,12 +117,14 @@ class Client:
         "encode",
         "fd",
         "index",
+        "join_reply",
         "logged_in",
         "login_reply",
         "login_sent_at",
         "name",
         "next_seq",
         "rest",
+        "room",
         "seen",
         "sent",
         "sid",
@@ -128,6 +141,8 @@ class Client:
         self.login_reply = f"individual:{self.name}:changeNameFirst1:{self.name}\n".encode()
         self.logged_in = False
         self.login_sent_at = 0
+        self.room = LOBBY  # where it chats and is a member (beside the lobby)
+        self.join_reply: bytes | None = None  # awaited while joining a room
         self.next_seq: list[int] = []  # per sender: the sequence number expected next
         self.seen: list[bytearray | None] = []  # per sender: which seqs arrived, once out of order
         self.sid = -1  # this client's sender index, if it sends
@@ -147,12 +162,16 @@ class ChatRun:
         self.deadline = spec["deadline"]
         self.sender_names = [name.encode() for name in spec["sender_names"]]
         nsenders = len(self.sender_names)
+        room_size = spec.get("room_size")
+        #: The room each sender writes to: the lobby, or its own room.
+        self.sender_rooms = [room_of(i, room_size) if room_size else LOBBY for i in spec["sender_indexes"]]
         self.receivers = [c for c in clients.values() if c.logged_in and not c.closed]
-        self.expected_total = self.count * nsenders * len(self.receivers)
+        self.expected_total = 0
         for c in self.receivers:
             c.next_seq = [0] * nsenders
             c.seen = [None] * nsenders
             c.sid = -1
+            self.expected_total += self.count * self.sender_rooms.count(c.room)
         # Senders of this worker: sid -> client.
         self.senders = {}
         for sid, index in enumerate(spec["sender_indexes"]):
@@ -180,7 +199,7 @@ class ChatRun:
     def send(self, c: Client) -> None:
         seq = c.sent
         c.sent += 1
-        data = f"channel:channel1::m{c.sid:02d} {seq:06d} {time.monotonic_ns()}".encode()
+        data = b"channel:" + c.room + f"::m{c.sid:03d} {seq:06d} {time.monotonic_ns()}".encode()
         c.sock.sendall(c.encode(data))
 
     def due_sends(self, now: int) -> int | None:
@@ -208,6 +227,8 @@ class ChatRun:
         lost = 0
         for c in self.receivers:
             for sid, nxt in enumerate(c.next_seq):
+                if self.sender_rooms[sid] != c.room:
+                    continue  # not one of its rooms: nothing expected
                 seen = c.seen[sid]
                 got = nxt if seen is None else sum(seen)
                 lost += self.count - got
@@ -275,7 +296,7 @@ class Worker:
             payload = data[pos + 4 : stop]
             pos = stop
             frames += 1
-            if payload[:17] == b"channel:channel1:" and payload[-8:-1].isdigit():
+            if payload[:8] == b"channel:" and payload[-8:-1].isdigit():
                 m = CHAT.match(payload)
                 if m is not None:
                     if run is None:
@@ -285,6 +306,8 @@ class Worker:
                     continue
             if not c.logged_in and payload == c.login_reply:
                 c.logged_in = True
+            elif c.join_reply is not None and payload == c.join_reply:
+                c.join_reply = None  # joined
         c.rest = data[pos:] if pos < end else b""
         self.frames += frames
         self.last_frame_at = time.monotonic()
@@ -335,7 +358,7 @@ class Worker:
                     return
                 continue
             frames += 1
-            if payload[:17] == b"channel:channel1:" and payload[-8:-1].isdigit():
+            if payload[:8] == b"channel:" and payload[-8:-1].isdigit():
                 m = CHAT.match(payload)
                 if m is not None:
                     if run is None:
@@ -345,6 +368,8 @@ class Worker:
                     continue
             if not c.logged_in and payload == c.login_reply:
                 c.logged_in = True
+            elif c.join_reply is not None and payload == c.join_reply:
+                c.join_reply = None  # joined
         c.rest = data[pos:] if pos < end else b""
         self.frames += frames
         self.last_frame_at = time.monotonic()
@@ -353,10 +378,10 @@ class Worker:
         self.errors.append(f"{c.name}: chat frame outside a run")
 
     def on_chat(self, run: ChatRun, c: Client, m, now: int) -> None:
-        name, sid, seq, ts = m.groups()
+        room, name, sid, seq, ts = m.groups()
         sid = int(sid)
         seq = int(seq)
-        if sid >= len(run.sender_names) or not c.next_seq:
+        if sid >= len(run.sender_names) or not c.next_seq or room != run.sender_rooms[sid] or room != c.room:
             run.foreign += 1
             return
         if name != run.sender_names[sid]:
@@ -453,6 +478,25 @@ class Worker:
             "errors": self.errors[-5:],
         }
 
+    def join(self, room_size: int, timeout: float) -> dict:
+        """Every client joins room ``index // room_size``; the reply once every join1 is in."""
+        t_start = time.monotonic()
+        joining = [c for c in self.clients.values() if c.logged_in and not c.closed]
+        for c in joining:
+            c.room = room_of(c.index, room_size)
+            c.join_reply = b"individual:" + c.name.encode() + b":join1:" + c.room + b"\n"
+            c.sock.setblocking(True)
+            c.sock.sendall(c.encode(b"channel:" + c.room + b":join:"))
+            c.sock.setblocking(False)
+        deadline = t_start + timeout
+        while time.monotonic() < deadline and any(c.join_reply is not None and not c.closed for c in joining):
+            self.poll(0.05)
+        return {
+            "joined": sum(1 for c in joining if c.join_reply is None and not c.closed),
+            "seconds": time.monotonic() - t_start,
+            "errors": self.errors[-5:],
+        }
+
     def chat(self, spec: dict) -> dict:
         run = self.run = ChatRun(spec, self.clients)
         cpu0 = cpu_seconds()
@@ -498,6 +542,8 @@ class Worker:
                 return
             if command == "login":
                 conn.send(self.login(*args))
+            elif command == "join":
+                conn.send(self.join(*args))
             elif command == "chat":
                 conn.send(self.chat(*args))
             elif command == "quiet":

@@ -17,6 +17,14 @@ Scenarios (``--scenarios``, comma-separated):
   websocket N = 200 clients on the web listener (--ws-port), speaking WebSocket:
             the fan-out runs of ``fanout``, and the server's RSS and threads
             per WebSocket client.
+  rooms     N = 1000 clients in rooms of 10 (100 rooms), one sender per room,
+            every room busy at once (200 messages each, window 16); reported
+            beside the lobby's fan-out, with the server's CPU per message sent.
+  logins-under-load
+            N = 200 and the fixed load above, once alone and once while
+            20 logins a second (--login-rate) arrive, each hashing a
+            password (argon2id): the chat's latency both ways, the logins'
+            own latency, and the cost of one hash.
 
 Only loopback traffic; every wait is bounded in time.
 """
@@ -298,16 +306,24 @@ class Bench:
             "errors": [e for r in replies for e in r["errors"]],
         }
 
+    def join(self, room_size: int, timeout: float) -> dict:
+        """Every logged-in client joins room index // room_size."""
+        replies = self.all([("join", room_size, timeout)] * len(self.pipes), timeout + 30)
+        return {"joined": sum(r["joined"] for r in replies), "errors": [e for r in replies for e in r["errors"]]}
+
     def quiet(self, seconds: float, timeout: float) -> bool:
         replies = self.all([("quiet", seconds, timeout)] * len(self.pipes), timeout + 30)
         return all(r["quiet"] for r in replies)
 
-    def chat(self, sender_indexes: list[int], count: int, *, window=None, rate=None, timeout: float) -> dict:
+    def chat(
+        self, sender_indexes: list[int], count: int, *, window=None, rate=None, timeout: float, room_size=None
+    ) -> dict:
         t0 = time.monotonic_ns() + 300_000_000
         spec = {
             "count": count,
             "window": window,
             "rate": rate,
+            "room_size": room_size,
             "t0": t0,
             "deadline": t0 + int(timeout * 1e9),
             "sender_indexes": sender_indexes,
@@ -354,6 +370,9 @@ class Bench:
         out["server_cpu"] = usage.get("server_cpu")
         out["redis_cpu"] = usage.get("redis_cpu")
         out["ctxsw_per_delivery"] = usage["ctxsw"] / out["delivered"] if out["delivered"] else None
+        # The server's cost of one message sent, whatever the room's size: CPU seconds / messages.
+        server_seconds = (usage.get("server_cpu") or 0.0) * usage["seconds"]
+        out["server_cpu_ms_per_message"] = server_seconds / out["sent"] * 1000 if out["sent"] else None
         out.update(percentiles(lat))
         out["errors"] = [e for r in replies for e in r["errors"]]
         return out
@@ -464,6 +483,24 @@ def run_rtt(bench: Bench, n: int, args):
         sock.close()
 
 
+def run_rooms(bench: Bench, n: int, args):
+    """N clients in rooms of ``--room-size``, one sender per room, every room at once."""
+    log_in_room(bench, n, args)
+    joined = bench.join(args.room_size, timeout=args.login_timeout)
+    if joined["joined"] < n:
+        raise RuntimeError(f"only {joined['joined']}/{n} joined their rooms: {joined['errors'][:3]}")
+    bench.quiet(0.3, 60)
+    senders = list(range(0, n, args.room_size))
+    for _ in range(args.runs):
+        result = bench.chat(
+            senders, args.messages, window=16, timeout=args.chat_timeout, room_size=args.room_size
+        )
+        result["rooms"] = len(senders)
+        yield result
+        if not settle_after(bench, result):
+            return
+
+
 def run_capacity(bench: Bench, n: int, args):
     """One run on a fresh server: logging in is what is measured."""
     time.sleep(0.2)
@@ -523,12 +560,130 @@ def run_websocket(bench: Bench, n: int, args):
             return
 
 
+ACCOUNT_PASSWORD = "bench password"
+
+
+def register_accounts(port: int, count: int) -> list[str]:
+    """Register ``count`` accounts, one connection each, which then leaves."""
+    names = []
+    for i in range(count):
+        name = f"account{i}"
+        sock, reader = rtt_client(port, name)
+        try:
+            sock.sendall(encode(f"individual:{name}:register:{ACCOUNT_PASSWORD}"))
+            while (reply := reader.read()) is not None and ":register" not in reply:
+                pass
+            if reply != f"individual:{name}:register1:{name}\n":
+                raise RuntimeError(f"could not register {name}: {reply!r}")
+            sock.sendall(encode("channel:channel1:quit:"))
+        finally:
+            sock.close()
+        names.append(name)
+    return names
+
+
+def hash_cost_ms(samples: int = 20) -> float:
+    """The median time of one password check, in this process, with the server's parameters."""
+    from chatroom.accounts import PasswordHasher
+
+    hasher = PasswordHasher(workers=1)
+    hasher.start()
+    try:
+        encoded = hasher.hash(ACCOUNT_PASSWORD)
+        times = []
+        for _ in range(samples):
+            t = time.perf_counter()
+            hasher.verify(encoded, ACCOUNT_PASSWORD)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        hasher.stop(10)
+    return statistics.median(times)
+
+
+def login_load(port: int, names: list[str], rate: float, seconds: float, out: dict) -> None:
+    """Log in ``rate`` times a second for ``seconds``, the accounts in turn, each from a new connection
+    that leaves once logged in; login latencies (connect to changeNameFirst1) into ``out``."""
+    import threading
+
+    latencies, failures, threads = array("q"), [], []
+
+    def one(name: str) -> None:
+        started = time.perf_counter_ns()
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            try:
+                reader = FrameReader(sock)
+                sock.sendall(encode(f"individual::login:{name}:{ACCOUNT_PASSWORD}"))
+                while (reply := reader.read()) is not None and not (":changeNameFirst1:" in reply or ":login0:" in reply):
+                    pass
+                if reply is None or ":login0:" in reply:
+                    failures.append(reply)
+                    return
+                latencies.append((time.perf_counter_ns() - started) // 1000)
+                sock.sendall(encode("channel:channel1:quit:"))
+            finally:
+                sock.close()
+        except OSError as exc:
+            failures.append(str(exc))
+
+    start = time.monotonic()
+    count = int(rate * seconds)
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=one, args=(names[i % len(names)],), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(60)
+    out["logins"] = len(latencies)
+    out["logins_per_s"] = len(latencies) / (time.monotonic() - start)
+    out["login_failed"] = len(failures)
+    out["login_errors"] = [str(f) for f in failures[:3]]
+    pct = percentiles(latencies)
+    out["login_p50_ms"], out["login_p99_ms"] = pct["p50_ms"], pct["p99_ms"]
+
+
+def run_logins(bench: Bench, n: int, args):
+    """The fixed load alone, then with logins arriving: what hashing passwords costs the room."""
+    import threading
+
+    log_in_room(bench, n, args)
+    names = register_accounts(bench.port, max(40, int(args.login_rate * 2)))
+    hash_ms = hash_cost_ms()
+    count = int(args.fixed_rate * args.fixed_seconds)
+    for _ in range(args.runs):
+        alone = bench.chat(senders_for(n, 10), count, rate=args.fixed_rate, timeout=args.fixed_seconds + 30)
+        if not settle_after(bench, alone):
+            return
+        logins: dict = {}
+        loader = threading.Thread(
+            target=login_load, args=(bench.port, names, args.login_rate, args.fixed_seconds, logins), daemon=True
+        )
+        loader.start()
+        loaded = bench.chat(senders_for(n, 10), count, rate=args.fixed_rate, timeout=args.fixed_seconds + 30)
+        loader.join(args.fixed_seconds + 60)
+        yield {
+            "hash_ms": hash_ms,
+            "alone_p50_ms": alone["p50_ms"], "alone_p99_ms": alone["p99_ms"], "alone_server_cpu": alone["server_cpu"],
+            "p50_ms": loaded["p50_ms"], "p99_ms": loaded["p99_ms"], "max_ms": loaded["max_ms"],
+            "server_cpu": loaded["server_cpu"], "lost": (alone["lost"] or 0) + (loaded["lost"] or 0),
+            **logins,
+            "errors": alone["errors"] + loaded["errors"] + logins.get("login_errors", []),
+        }
+        if not settle_after(bench, loaded):
+            return
+
+
 SCENARIOS = {
+    "logins-under-load": (run_logins, "logins_sizes"),
     "fanout": (run_fanout, "sizes"),
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
     "capacity": (run_capacity, "capacity_sizes"),
     "websocket": (run_websocket, "websocket_sizes"),
+    "rooms": (run_rooms, "rooms_sizes"),
 }
 
 
@@ -581,16 +736,17 @@ def print_tables(results: dict, out=sys.stdout) -> None:
         p("\n## Fan-out (10 senders x 200 messages, window 16) - medians")
         p(
             "| backend | N | deliveries/s | runs (deliveries/s) | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
-            "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery |"
+            "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery | server CPU ms/message |"
         )
-        p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
+        p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
         for backend, n, s in by["fanout"]:
             runs = " / ".join(fmt(r, "{:,.0f}") for r in s.get("rates", []))
             p(
                 f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {runs} | {fmt(s.get('p50_ms'))} "
                 f"| {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
                 f"| {correctness_and_cpu_cells(s)} "
-                f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} |{flag(s, backend + ' N=' + str(n))}"
+                f"| {fmt(s.get('ctxsw_per_delivery'), '{:.2f}')} "
+                f"| {fmt(s.get('server_cpu_ms_per_message'), '{:.3f}')} |{flag(s, backend + ' N=' + str(n))}"
             )
     if "fixed" in by:
         p("\n## Fixed load (10 senders x 10 msg/s, 20,000 deliveries/s offered) - medians")
@@ -616,6 +772,20 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {backend} | {n} | {fmt(s.get('online_p50_ms'), '{:.2f}')} | {fmt(s.get('online_p99_ms'), '{:.2f}')} "
                 f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "rooms" in by:
+        p("\n## Rooms (rooms of 10, one sender each, 200 messages, window 16, all rooms at once) - medians")
+        p(
+            "| backend | N | rooms | deliveries/s | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
+            "| server CPU | redis CPU | loadgen CPU | server CPU ms/message |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        for backend, n, s in by["rooms"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('rooms'), '{:.0f}')} | {fmt(s.get('rate'), '{:,.0f}')} "
+                f"| {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
+                f"| {correctness_and_cpu_cells(s)} | {fmt(s.get('server_cpu_ms_per_message'), '{:.3f}')} |"
+                f"{flag(s, backend + ' rooms N=' + str(n))}"
             )
     if "capacity" in by:
         p("\n## Capacity (each login broadcasts a join notice to everyone already there) - medians")
@@ -647,6 +817,21 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {correctness_and_cpu_cells(s)} "
                 f"| {fmt(s.get('rss_kb_per_client'), '{:.0f}')} | {fmt(s.get('threads_per_client'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "logins-under-load" in by:
+        p("\n## Logins under load (fixed load alone, then with logins arriving) - medians")
+        p(
+            "| backend | N | one hash ms | logins/s | login p50 ms | login p99 ms | chat p50 ms alone | p99 alone "
+            "| chat p50 ms with logins | p99 with logins | lost | server CPU alone | with logins |"
+        )
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["logins-under-load"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('hash_ms'))} | {fmt(s.get('logins_per_s'))} "
+                f"| {fmt(s.get('login_p50_ms'))} | {fmt(s.get('login_p99_ms'))} | {fmt(s.get('alone_p50_ms'))} "
+                f"| {fmt(s.get('alone_p99_ms'))} | {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} "
+                f"| {fmt(s.get('lost'), '{:.0f}')} | {fmt(pct(s.get('alone_server_cpu')), '{:.0f}%')} "
+                f"| {fmt(pct(s.get('server_cpu')), '{:.0f}%')} |{flag(s, backend + ' N=' + str(n))}"
             )
     if NOTES:
         p()
@@ -716,6 +901,10 @@ def report(scenario: str, backend: str, n: int, run: int, result: dict, t: float
             "rss_kb_per_client",
             "broadcast_all_ms",
             "timed_out",
+            "hash_ms",
+            "logins_per_s",
+            "login_p50_ms",
+            "alone_p50_ms",
         )
     }
     print(
@@ -738,6 +927,10 @@ def parse_args(argv=None):
     parser.add_argument("--rtt-sizes", default="10,1000")
     parser.add_argument("--capacity-sizes", default="3000")
     parser.add_argument("--websocket-sizes", default="200", help="WebSocket fan-out client counts")
+    parser.add_argument("--rooms-sizes", default="1000", help="clients in the rooms scenario")
+    parser.add_argument("--room-size", type=int, default=10, help="members of each room in the rooms scenario")
+    parser.add_argument("--logins-sizes", default="200", help="room sizes of logins-under-load")
+    parser.add_argument("--login-rate", type=float, default=20.0, help="logins a second, logins-under-load")
     parser.add_argument(
         "--embedded-sizes",
         default="50,200",
@@ -780,6 +973,8 @@ def parse_args(argv=None):
         args.rtt_sizes = "10,200"
         args.capacity_sizes = "500"
         args.websocket_sizes = "50"
+        args.rooms_sizes = "200"
+        args.logins_sizes = "50"
         args.fixed_seconds = 5.0
     return args
 

@@ -17,7 +17,16 @@ in the Go file's order; it calls into this package for the machinery:
     cluster     several processes on one Redis: heartbeats, reaping the dead,
                 reconciling after an outage, and Redis health notices
     history     the public messages kept for newcomers
-    rooms       rooms beside the lobby: join, part, chat, who, the list
+    accounts    registered names: register, login, password, unregister, the
+                argon2id hashing pool, login throttling, taking a name back
+    moderation  operators' kick, ban, mute and announce; the bans and mutes
+                every process keeps in memory; the moderation log
+    control     the control channel: how an action reaches the users of
+                every process (one listener thread per process)
+    tls         the TLS listener's certificate and handshake, and TlsStream,
+                one TLS connection that several threads share safely
+    admin       the admin command line (``chatroom-admin``)
+    client_identity  the client's side of accounts, moderation and TLS
     websocket   the browsers' front door: the page (static/) at /, the chat at /ws
 
 Imports flow one way: ``framing`` and ``protocol`` import nothing of the

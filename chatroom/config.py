@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 import protocol as p
+from chatroom import tls
 from chatroom.redisdb import check_redis_url
 from framing import MAX_FRAME
 
@@ -86,6 +87,17 @@ def _optional_text(value):
     return None if value in (None, "") else value
 
 
+def _boolean(value):
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not yes or no (1/0, true/false, on/off): {value!r}")
+
+
 def _optional_port(value):
     if value in (None, ""):
         return None
@@ -121,6 +133,17 @@ def _header_name(value):
     return value
 
 
+def _readable_file(value):
+    if value in (None, ""):
+        return None
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {value!r}: {exc.strerror}") from None
+    return value
+
+
 def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, group=None):
     """A :class:`Config` field and everything its flag needs: one place for its default.
 
@@ -135,6 +158,7 @@ def setting(default, help, *, flag=True, env=None, convert=_text, metavar=None, 
 
 LIMITS = "limits"
 WEB = "web"
+TLS = "tls"
 
 #: Largest --max-frame: beyond it a single frame is a memory attack of its own.
 FRAME_CEILING = 1 << 24
@@ -288,6 +312,34 @@ class Config:
         "auto", "run on this one CPU: auto (one chosen by the port), none (any) or a CPU number", env="CHATROOM_CPU",
         convert=_cpu_spec,
     )
+    # --- TLS and passwords (chatroom/tls.py, chatroom/accounts.py) ---
+    #: A second, TLS listener beside the plaintext one (None: none; 0: any free port).
+    tls_port: int | None = setting(
+        None, "also listen for TLS on this port (0: any free port); needs --tls-cert and --tls-key",
+        env="CHATROOM_TLS_PORT", convert=_optional_port, group=TLS,
+    )
+    tls_cert: str | None = setting(
+        None, "the TLS certificate chain, PEM (read again on SIGHUP)", env="CHATROOM_TLS_CERT",
+        convert=_readable_file, metavar="FILE", group=TLS,
+    )
+    tls_key: str | None = setting(
+        None, "the TLS private key, PEM (read again on SIGHUP)", env="CHATROOM_TLS_KEY",
+        convert=_readable_file, metavar="FILE", group=TLS,
+    )
+    #: A TLS client must finish its handshake within this long of connecting.
+    tls_handshake_timeout: float = setting(
+        10.0, "seconds a TLS client has to finish its handshake", convert=_number(float, 0.01, 3600), group=TLS,
+    )
+    #: The plaintext listener on --port; the original Go client needs it.
+    plaintext: bool = setting(
+        True, "listen in clear text on --port (the original Go client needs it); --no-plaintext: TLS only",
+        env="CHATROOM_PLAINTEXT", convert=_boolean, group=TLS,
+    )
+    #: Accept passwords in clear text from any address, not only from loopback.
+    allow_plaintext_passwords: bool = setting(
+        False, "accept register, login and password changes in clear text from any address (private networks)",
+        env="CHATROOM_ALLOW_PLAINTEXT_PASSWORDS", convert=_boolean, group=TLS,
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -298,6 +350,21 @@ class Config:
                 setattr(self, item.name, item.metadata["convert"](value))
             except ValueError as exc:
                 raise ValueError(f"{item.name}: {exc}") from None
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """The TLS settings make sense together, and the certificate and key load."""
+        if self.tls_port is None:
+            if self.tls_cert or self.tls_key:
+                raise ValueError("tls_port: --tls-cert and --tls-key need --tls-port")
+            if not self.plaintext:
+                raise ValueError("plaintext: --no-plaintext needs --tls-port (else nothing would listen)")
+            return
+        if not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_port: --tls-port needs --tls-cert and --tls-key")
+        if self.plaintext and self.tls_port and self.tls_port == self.port:
+            raise ValueError(f"tls_port: --tls-port and --port are both {self.port}")
+        tls.server_context(self.tls_cert, self.tls_key)  # ValueError with the reason
 
 
 def _flag_type(name: str, convert):
@@ -313,27 +380,31 @@ def _flag_type(name: str, convert):
     return flag_type
 
 
-def build_parser(environ=None) -> argparse.ArgumentParser:
+def build_parser(environ=None, *, only=None, prog="chatroom-server",
+                 description="redis-chatroom server") -> argparse.ArgumentParser:
     """The command line, generated from :class:`Config`: a flag per setting.
 
     A setting's environment variable, when set, replaces its default; it is
     checked as the flag would be, and a bad one is a usage error naming it.
+    ``only``: the names of the settings to make flags of (the admin command
+    line takes the Redis ones), all by default.
     """
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="chatroom-server", description="redis-chatroom server")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     groups = {
         LIMITS: parser.add_argument_group("limits (the help of each says what 0 means)"),
+        TLS: parser.add_argument_group("TLS and passwords"),
         WEB: parser.add_argument_group("the web page and the browsers' WebSocket chat (off without --ws-port)"),
     }
     bad_environment = []
     for item in fields(Config):
         meta = item.metadata
-        if not meta["flag"]:
+        if not meta["flag"] or (only is not None and item.name not in only):
             continue
         default = item.default
         env = meta["env"]
         help_text = meta["help"]
-        if item.default is not None:
+        if item.default is not None and not isinstance(item.default, bool):  # argparse says a flag's own
             help_text += f" [default: {item.default}]"
         if env:
             help_text += f" (env {env})"
@@ -344,8 +415,13 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
                 except ValueError as exc:  # each reason quotes the value (a URL masked)
                     bad_environment.append(f"{env}: {exc}")
         target = groups.get(meta["group"], parser)
+        flag = "--" + item.name.replace("_", "-")
+        if isinstance(item.default, bool):  # --name / --no-name
+            target.add_argument(flag, dest=item.name, default=default, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+            continue
         target.add_argument(
-            "--" + item.name.replace("_", "-"),
+            flag,
             dest=item.name,
             default=default,
             type=_flag_type(item.name.replace("_", "-"), meta["convert"]),
@@ -367,7 +443,7 @@ def parse_args(argv: list[str] | None = None, environ=None) -> Config:
     values = {item.name: getattr(args, item.name) for item in fields(Config) if item.metadata["flag"]}
     try:
         config = Config(**values)
-    except ValueError as exc:  # only a bad default could get here: the flags are checked already
+    except ValueError as exc:  # settings that do not go together (TLS), or a bad default
         parser.error(str(exc))
     if config.max_frame > MAX_FRAME:
         logger.warning(

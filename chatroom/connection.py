@@ -124,6 +124,13 @@ class Connection:
         self.id = ""
         self.name = ""
         self.name_key = ""
+        #: True for a client of the TLS port (its ``sock`` is a :class:`~chatroom.tls.TlsStream`).
+        self.tls = False
+        #: The name_key of the account this connection registered or logged in to, until it
+        #: leaves, whatever it is called meanwhile (chatroom/accounts.py).
+        self.account: str | None = None
+        #: (name_key, unix time or inf) of a mute aimed at this user (chatroom/moderation.py).
+        self.muted: tuple[str, float] | None = None
         self.send_lock = threading.Lock()
         self.reader_thread: threading.Thread | None = None
         self.broadcast_thread: threading.Thread | None = None
@@ -231,6 +238,11 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether what the client sends is encrypted on the way (a password may come over it)."""
+        return self.tls
 
     def close(self) -> None:
         """Close the socket, once every thread of the connection is done with it."""

@@ -20,6 +20,9 @@ SWITCH_INTERVAL = 0.05
 #: The open-file limit taken when the hard limit is "unlimited".
 UNLIMITED_FILES = 1 << 20
 
+#: The CPUs the process may use besides the one :func:`pin_to_cpu` chose (empty: not pinned).
+_spare_cpus: set[int] = set()
+
 
 def raise_open_file_limit() -> None:
     """Every chat user costs a socket and two Redis connections: take all the host allows."""
@@ -57,4 +60,15 @@ def pin_to_cpu(spec: str, port: int) -> int | None:
         if cpu not in allowed:
             raise SystemExit(f"--cpu {cpu}: not one of the CPUs this process may use ({allowed})")
     os.sched_setaffinity(0, {cpu})
+    _spare_cpus.clear()
+    _spare_cpus.update(set(allowed) - {cpu})
     return cpu
+
+
+def spare_cpus() -> set[int] | None:
+    """The CPUs the process may use beside the chat's own one, or None if it was not pinned.
+
+    For threads whose work is CPU-bound and outside the GIL (hashing
+    passwords): on another CPU they leave the chat's to the chat.
+    """
+    return set(_spare_cpus) or None

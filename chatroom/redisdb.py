@@ -65,6 +65,20 @@ class Keys:
         self.rooms = prefix + "rooms"
         self._personal = prefix + "user:"
         self.prefix = prefix
+        # Accounts and moderation (chatroom/accounts.py, chatroom/moderation.py).
+        self.accounts = prefix + "accounts"
+        self.bans = prefix + "bans"
+        self.mutes = prefix + "mutes"
+        self.moderation_log = prefix + "moderationLog"
+        self.control = prefix + "control"
+
+    def account(self, name_key: str) -> str:
+        """The hash of one registered account: name, hash, oper, created."""
+        return f"{self.prefix}account:{name_key}"
+
+    def login_failures(self, kind: str, who: str) -> str:
+        """The failed-login counter of one name (``kind`` "name") or source address ("address")."""
+        return f"{self.prefix}loginFailures:{kind}:{who}"
 
     def server_alive(self, server_id: str) -> str:
         """The heartbeat key of one server process (it expires when the process dies)."""

@@ -262,8 +262,11 @@ class Rooms:
         ids = list(self.rdb.smembers(self.keys.room_members(key)))
         names = [n.decode() for n in self.rdb.hmget(self.keys.users_name, ids) if n is not None] if ids else []
         names.sort(key=p.name_key)
-        return self.fitted(names, lambda listing, count: self.text("room_who", room=display.decode(), count=count,
-                                                                    names=listing))
+        room = display.decode()
+        return p.fit_listing(
+            names, lambda listing, count: self.text("room_who", room=room, count=count, names=listing),
+            self.config.max_frame,
+        )
 
     def count(self, name: str) -> tuple[str, int]:
         """(the room's name as shown, its member count); an unknown room counts 0."""
@@ -281,18 +284,9 @@ class Rooms:
             pipe.scard(self.keys.room_members(key))
         counts = pipe.execute() if rooms else []
         entries = [f"{p.BROADCAST} ({lobby_count})"] + [f"{display} ({n})" for (_, display), n in zip(rooms, counts)]
-        return self.fitted(entries, lambda listing, count: self.text("rooms_list", count=count, rooms=listing))
-
-    def fitted(self, items: list[str], render) -> str:
-        """``render(listing, count)`` with as many of ``items`` as fit one frame, ", …" marking the cut."""
-        shown = list(items)
-        while True:
-            listing = ", ".join(shown) + (", …" if len(shown) < len(items) else "")
-            message = render(listing, len(items))
-            # The longest name prefix the reply can carry: individual:<name>:系统消息:
-            if p.fits(f"individual:{'x' * 128}:系统消息:{message}", self.config.max_frame) or not shown:
-                return message
-            shown = shown[: len(shown) * 3 // 4]
+        return p.fit_listing(
+            entries, lambda listing, count: self.text("rooms_list", count=count, rooms=listing), self.config.max_frame
+        )
 
 
 

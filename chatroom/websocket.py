@@ -302,10 +302,12 @@ class WebSocketConnection(Connection):
     """
 
     def __init__(self, websocket: ChatSocket, address: tuple, bucket: TokenBucket, *, max_frame: int, lang: str,
-                 ping_interval: float) -> None:
+                 ping_interval: float, secure: bool = False) -> None:
         super().__init__(websocket.socket, address, bucket, max_frame=max_frame, lang=lang)
         self.websocket = websocket
         self.ping_interval = ping_interval
+        #: Over wss://: what the browser sends is encrypted on the way.
+        self.secure = secure
         # websockets' lock around its protocol and socket; without it (another
         # websockets), the public send, one call per message.
         self._protocol_lock = getattr(websocket, "protocol_mutex", None)
@@ -351,6 +353,11 @@ class WebSocketConnection(Connection):
         except OSError:
             pass
 
+    @property
+    def encrypted(self) -> bool:
+        """A wss:// connection is (``tls`` stays False: there is no TLS port handshake left to make)."""
+        return self.secure
+
     def close(self) -> None:
         """Nothing to do: websockets closes the socket when the handler (this connection's reader) returns."""
 
@@ -366,10 +373,10 @@ class WebSocketListener:
     """The page and the chat on ``--ws-port``, on websockets' threaded server.
 
     Handed what it needs from the server: the settings, ``register`` (the
-    admission rules every listener shares; it returns a refusal's text key
-    or None) and ``handle_connection`` (run in websockets' handler thread,
-    which so becomes the connection's reader).  ``ssl_context``: serve
-    ``https://`` and ``wss://``.
+    admission rules every listener shares; it returns None, or a refusal's
+    text key and values) and ``handle_connection`` (run in websockets'
+    handler thread, which so becomes the connection's reader).
+    ``ssl_context``: serve ``https://`` and ``wss://``.
     """
 
     def __init__(self, config, register, handle_connection, *, ssl_context=None) -> None:
@@ -437,6 +444,14 @@ class WebSocketListener:
         settings = {"lang": self.config.lang, "maxFrame": self.config.max_frame, "texts": p.TEXTS}
         pages[PAGE_SETTINGS] = (json.dumps(settings, ensure_ascii=False).encode(), "application/json")
         return pages
+
+    def reload_certificate(self, cert_file: str, key_file: str) -> None:
+        """Serve the connections that come next with this certificate and key (SIGHUP).
+
+        Loaded into the context the listening socket already wraps every
+        accepted socket with; the caller has checked that the pair loads.
+        """
+        self.ssl_context.load_cert_chain(cert_file, key_file)
 
     def start(self) -> None:
         """Accept in a thread of its own."""
@@ -519,18 +534,19 @@ class WebSocketListener:
         bucket = TokenBucket(config.rate_limit, config.rate_burst)
         conn = WebSocketConnection(
             websocket, address, bucket, max_frame=config.max_frame, lang=config.lang,
-            ping_interval=config.ws_ping_interval,
+            ping_interval=config.ws_ping_interval, secure=self.ssl_context is not None,
         )
         conn.reader_thread = threading.current_thread()
         refusal = self.register(conn)
         if refusal is not None:
-            self._refuse(websocket, refusal)
+            reason, values = refusal
+            self._refuse(websocket, reason, values)
             return
         self.handle_connection(conn)
 
-    def _refuse(self, websocket: ChatSocket, reason: str) -> None:
+    def _refuse(self, websocket: ChatSocket, reason: str, values: dict) -> None:
         """The TCP refusal's one system message, then a close frame."""
-        payload = system_payload(p.INDIVIDUAL, "", p.text(self.config.lang, reason))
+        payload = system_payload(p.INDIVIDUAL, "", p.text(self.config.lang, reason, **values))
         try:
             websocket.send(payload + b"\n", text=True)
             websocket.close(REFUSAL_CODES.get(reason, TRY_AGAIN_LATER))

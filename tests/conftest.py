@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -126,8 +127,11 @@ def chat_server(make_server) -> ChatServer:
 class RawClient:
     """Speaks the wire protocol directly: payloads in, payloads out."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, *, host: str = "127.0.0.1", source: str | None = None,
+                 tls: ssl.SSLContext | None = None, server_hostname: str = "localhost") -> None:
+        """``source``: the local address to connect from; ``tls``: speak TLS, verified by this context."""
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
+        self.sock = tls.wrap_socket(sock, server_hostname=server_hostname) if tls is not None else sock
         self.reader = FrameReader(self.sock)
         self.seen: list[str] = []
 

@@ -304,14 +304,28 @@ def test_a_taken_name_is_refused_on_the_form_with_the_reason(web_server, context
     tab.login("tim")
 
 
-def test_with_a_password_the_page_asks_to_log_in(web_server, contexts):
-    tab = Tab(contexts(), web_server)
+def test_a_browser_user_logs_in_to_a_registered_name(web_server, contexts, connect):
+    owner = connect(web_server)
+    owner.login("ann")
+    owner.send("individual:ann:register:correct horse")  # from loopback: clear text is allowed
+    owner.expect("individual:ann:register1:ann\n")
+    owner.send("channel:channel1:quit:")
+    owner.expect_closed()
+    tom = connect(web_server)
+    tom.login("tom")
+    wrong = Tab(contexts(), web_server)
     sent = []
-    tab.page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
-    tab.enter("ann", password="s3cret:pass")
-    # Accounts are another branch's (issue 13); this server does not know the login mark yet.
-    expect(tab.page.locator("#login-status")).to_have_text("Bad message format", timeout=SHOWN)
-    assert sent[0] == "individual::login:ann:s3cret:pass"
+    wrong.page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+    wrong.enter("ann", password="not it")
+    expect(wrong.page.locator("#login-status")).to_have_text("Could not log in: Wrong password", timeout=SHOWN)
+    assert sent[0] == "individual::login:ann:not it"
+    ann = Tab(contexts(), web_server)
+    ann.enter("ann", password="correct horse")
+    expect(ann.page.locator("#me")).to_have_text("ann", timeout=SHOWN)
+    tom.expect("channel:channel1:系统消息:User < ann > joined!\n")
+    ann.say("logged in from a browser")
+    tom.expect("channel:channel1:ann:logged in from a browser\n")
+    assert ann.page.locator("#password").input_value() == ""  # not kept in the form
 
 
 def test_the_commands_of_the_page(web_server, contexts, connect):

@@ -338,3 +338,85 @@ def test_the_nickname_is_asked_before_connecting_even_with_no_server(terminal):
     term.send("alice\r")
     term.wait_for(f"Could not connect to 127.0.0.1:{port}: connection refused")
     assert term.finish() == 1
+
+
+# --- rooms -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["no-color", "colour"])
+def test_the_prompt_shows_the_current_room_and_a_line_goes_there(chat_server, connect, terminal, colour):
+    bob = connect()
+    bob.login("bob")
+    bob.send("channel:dev:join:")
+    bob.expect("individual:bob:join1:dev\n")
+    term = terminal(chat_server.port, "--name", "alice", colour=colour)
+    term.wait_for_prompt("alice>")
+    term.send("/join dev\r")
+    term.wait_for_prompt("[dev] alice>")
+    term.wait_for("Current room: dev")
+    term.send("hi dev\r")
+    bob.expect("channel:dev:alice:hi dev\n")
+    term.wait_for("[dev] < alice > hi dev")
+    bob.send("channel:dev::hello alice")
+    term.wait_for("[dev] < bob > hello alice")
+    term.send("/r channel1\r")
+    term.wait_for_prompt("alice>")
+    term.send("in the lobby\r")
+    bob.expect("channel:channel1:alice:in the lobby\n")
+    term.send("/room dev\r")
+    term.wait_for_prompt("[dev] alice>")
+    term.send("/part\r")
+    term.wait_for("You left the room dev")
+    term.wait_for_prompt("alice>")
+    bob.expect("channel:dev:系统消息:User < alice > left the room\n")
+    term.send("\x04")
+    assert term.finish() == 0
+    room = f"\x1b[{client.room_colour('dev')}mdev\x1b[0m"
+    assert (room in term.raw) is colour  # the room's name in its colour, on screen and in the prompt
+    assert bool(colour_codes(term.raw)) is colour
+
+
+def test_a_reconnect_joins_the_rooms_again_and_keeps_the_current_one(make_server, terminal):
+    port = free_port()
+    first = make_server(port=port)
+    term = terminal(port, "--name", "alice")
+    term.wait_for_prompt("alice>")
+    term.send("/join ops\r")
+    term.wait_for_prompt("[ops] alice>")
+    term.send("/join dev\r")
+    term.wait_for_prompt("[dev] alice>")
+    first.shutdown()
+    term.wait_for_prompt("(offline) [dev] alice>")
+    second = make_server(port=port)
+    term.wait_for("Reconnected to the server")
+    term.wait(lambda: term.text.count("User < alice > joined the room") == 4, "both rooms joined again")
+    term.wait_for_prompt("[dev] alice>")
+    watcher = RawClient(second.port)
+    try:
+        watcher.login("watcher")
+        watcher.send("channel:dev:join:")
+        watcher.expect("individual:watcher:join1:dev\n")
+        term.send("back\r")
+        watcher.expect("channel:dev:alice:back\n")
+        watcher.send("channel:ops:who:")
+        watcher.expect("individual:watcher:系统消息:In ops (1): alice\n")
+    finally:
+        watcher.close()
+    term.send("/quit\r")
+    assert term.finish() == 0
+
+
+def test_up_arrow_never_brings_back_a_line_with_a_password(chat_server, connect, terminal):
+    term = terminal(chat_server.port, "--name", "alice")
+    term.wait_for_prompt("alice>")
+    term.send("hello\r")
+    term.wait_for("< alice > hello")
+    term.send("/login nobody sesame-secret\r")
+    term.wait_for("There is no account < nobody >")
+    term.send("\x1b[A")  # up: the line before, not the login
+    term.wait_for_prompt("alice> hello")
+    assert "sesame-secret" not in term.cursor_line
+    term.send("\x1b[A")
+    term.wait_for_prompt("alice> hello")  # nothing older: the login was never kept
+    term.send("\x15\x04")  # Ctrl-U, Ctrl-D
+    assert term.finish() == 0

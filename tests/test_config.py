@@ -103,3 +103,13 @@ def test_a_redis_password_never_appears_in_what_is_shown():
     assert mask_url("redis://user:secret@h/0") == "redis://user:***@h/0"
     assert mask_url("redis://secret@h/0") == "redis://***@h/0"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_on_off_settings_take_flags_and_environment_variables(capsys):
+    assert parse_args([]).plaintext is True
+    assert parse_args([]).allow_plaintext_passwords is False
+    assert parse_args(["--allow-plaintext-passwords"]).allow_plaintext_passwords is True
+    assert parse_args([], {"CHATROOM_ALLOW_PLAINTEXT_PASSWORDS": "yes"}).allow_plaintext_passwords is True
+    assert "CHATROOM_PLAINTEXT: not yes or no" in usage_error(capsys, [], {"CHATROOM_PLAINTEXT": "maybe"})
+    assert "--no-plaintext needs --tls-port" in usage_error(capsys, ["--no-plaintext"])
+    assert "argument --tls-cert: cannot read '/nonexistent'" in usage_error(capsys, ["--tls-cert", "/nonexistent"])

@@ -317,3 +317,22 @@ def test_out_of_threads_for_a_listener_the_client_is_told_and_nothing_leaks(make
     assert closed_with(client, "The server is out of resources, please try again later")
     assert server.wait_for_released(1, 10)
     assert server.connections == set() and server._per_ip == {}
+
+
+def test_a_surprise_while_admitting_one_connection_leaves_the_accept_loop_serving(make_server, monkeypatch, caplog):
+    server = make_server()
+    original = server.admit
+    calls = []
+
+    def admit_once_badly(sock, address, tls=False):
+        calls.append(address)
+        if len(calls) == 1:
+            raise ValueError("a surprise")
+        return original(sock, address, tls=tls)
+
+    monkeypatch.setattr(server, "admit", admit_once_badly)
+    first = RawClient(server.port)
+    assert first.expect_closed() == []
+    second = RawClient(server.port)
+    second.login("alice")
+    assert "could not admit" in caplog.text

@@ -510,6 +510,44 @@ def test_wss_with_a_certificate_passed_as_a_context(redis_client, connect):
         server.shutdown()
 
 
+def test_the_tls_flags_give_the_web_page_https_and_wss_and_passwords_need_them_from_afar(make_server, tmp_path):
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(cert)
+    certificate.private_key_pem.write_to_path(key)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    prefix = "web-tls:"
+    secure = make_server(ws_port=0, tls_port=0, tls_cert=str(cert), tls_key=str(key), key_prefix=prefix,
+                         trust_proxy="X-Forwarded-For")
+    assert secure.websocket.url.startswith("https://")
+    plain = make_server(ws_port=0, key_prefix=prefix, trust_proxy="X-Forwarded-For")
+    owner = WsClient(plain)  # from loopback: a password in clear text is fine
+    owner.login("ann")
+    owner.send("individual:ann:register:correct horse")
+    owner.expect("individual:ann:register1:ann\n")
+    owner.send("channel:channel1:quit:")
+    owner.expect_closed()
+    afar = {"X-Forwarded-For": "203.0.113.5"}
+    clear = WsClient(plain, headers=afar)
+    clear.send("individual::login:ann:correct horse")
+    assert "accepted over TLS only" in clear.expect(lambda m: ":login0:" in m)
+    over_tls = WsClient(secure, headers=afar, scheme="wss", ssl_context=client_context)
+    over_tls.send("individual::login:ann:correct horse")
+    over_tls.expect("individual:ann:changeNameFirst1:ann\n")
+    # SIGHUP: a renewed certificate serves the web connections that come next too.
+    renewed = authority.issue_cert("127.0.0.1")
+    renewed.cert_chain_pems[0].write_to_path(cert)
+    renewed.private_key_pem.write_to_path(key)
+    secure.reload_tls()
+    again = WsClient(secure, scheme="wss", ssl_context=client_context)
+    assert again.ws.socket.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0]
+                                                                                     .bytes().decode())
+
+
 def test_the_web_port_in_use_is_a_one_line_error(make_server):
     taken = socket.create_server(("127.0.0.1", 0))
     try:
