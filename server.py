@@ -43,6 +43,7 @@ import contextlib
 import enum
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -60,7 +61,7 @@ except ImportError as exc:  # python server.py with a bare Python
 
 import protocol as p
 from chatroom import process, redisdb
-from chatroom.cluster import Membership, RedisHealth
+from chatroom.cluster import CLEANUP_CHUNK, Membership, RedisHealth
 from chatroom.config import Config, parse_args
 from chatroom.connection import (
     Connection,
@@ -72,6 +73,7 @@ from chatroom.connection import (
 )
 from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
+from chatroom.metrics import NO_METRICS, HealthServer, Metrics, PubSubProbe, frame_kind
 from chatroom.redisdb import Batch, Departure, Keys
 from framing import FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
@@ -88,6 +90,11 @@ LISTEN_BACKLOG = 1024
 
 #: message_processing's answer when the user asked to leave (the ``quit`` mark).
 USER_QUITS = object()
+#: Seconds past --shutdown-grace after which SIGALRM ends a stop that is stuck.
+ALARM_MARGIN = 2
+#: Seconds a send of the shutdown notice may block: a client that stopped
+#: reading must not hold up the stop (its usual --send-timeout is 10 s).
+SHUTDOWN_SEND_TIMEOUT = 0.2
 
 
 class Rename(enum.IntEnum):
@@ -109,7 +116,9 @@ class ChatServer:
     def __init__(self, config: Config, rdb: redis.Redis | None = None) -> None:
         self.config = config
         self.rdb = rdb if rdb is not None else redisdb.connect_redis(config)
-        redisdb.check_internals(self.rdb)
+        # Subscriptions on a pool of their own: see redisdb.pubsub_client.
+        self.bus = redisdb.pubsub_client(self.rdb, config.max_clients)
+        redisdb.check_internals(self.bus)
         self.keys = Keys(config.key_prefix)
         self.lang = config.lang
         self.connections: set[Connection] = set()
@@ -121,7 +130,14 @@ class ChatServer:
         self._per_ip: dict[str, int] = {}
         #: Connections admitted and since released, ever (tests await it).
         self.released = 0
-        self.health = RedisHealth(self.rdb, self._local_connections)
+        #: Prometheus metrics (chatroom.metrics), real once bind() knows the server id and --metrics-port is set.
+        self.metrics = NO_METRICS
+        self._endpoint: HealthServer | None = None
+        self._probe: PubSubProbe | None = None
+        self._accepting = False
+        #: When a stop must be over (monotonic); what is left then is cleaned up as after a crash.
+        self._stop_deadline = float("inf")
+        self.health = RedisHealth(self.rdb, self._local_connections, self.metrics)
         self.membership = Membership(
             self.rdb, self.keys, config, self.health, self._local_connections, self._shutting_down
         )
@@ -156,7 +172,34 @@ class ChatServer:
             raise
         self.membership.start()
         self.health.start_notifier()
+        if self.config.metrics_port:
+            self._start_metrics()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics, /healthz and /readyz on --metrics-host:--metrics-port (not in the Go server)."""
+        self.metrics = Metrics(self.server_id, lambda: not self.health.down)
+        self.health.metrics = self.metrics
+        self._probe = PubSubProbe(self.rdb, self.bus, self.keys.health_probe(self.server_id), subscribe)
+        self._probe.start()
+        self._endpoint = HealthServer(
+            self.config.metrics_host, self.config.metrics_port, self.metrics,
+            accepting=lambda: self._accepting, not_ready=self.not_ready,
+        )
+        self._endpoint.start()
+        logger.info("metrics on http://%s:%d/metrics", *self._endpoint.address)
+
+    def not_ready(self) -> str | None:
+        """Why the server should get no new users now (/readyz), or None when it is ready."""
+        if self._shutting_down.is_set():
+            return "shutting down"
+        try:
+            self.rdb.ping()
+        except redis.RedisError as exc:
+            return f"Redis does not answer: {redisdb.error_kind(exc)}: {exc}"
+        if self._probe is not None and not self._probe.check():
+            return "the pub/sub probe did not come back within 2 s"
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -181,6 +224,7 @@ class ChatServer:
             self.bind()
         listener = self._listener
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        self._accepting = True
         while not self._shutting_down.is_set():
             try:
                 sock, address = listener.accept()
@@ -193,6 +237,7 @@ class ChatServer:
                     logger.warning("accept failed: %s", exc)
                 continue
             self.admit(sock, address)
+        self._accepting = False
         os.close(self._spare_fd)
         self._stopped.wait()
 
@@ -211,6 +256,8 @@ class ChatServer:
                 refusal = None
                 bucket = TokenBucket(config.rate_limit, config.rate_burst)
                 conn = Connection(sock, address, bucket, max_frame=config.max_frame, lang=config.lang)
+                conn.accepted_at = time.monotonic()
+                self.metrics.track(conn)
                 # Named again once the user has an id.
                 thread = threading.Thread(target=self.handle_connection, args=(conn,), name="conn-?", daemon=True)
                 # Registered before start(), so a shutdown racing with this
@@ -220,6 +267,8 @@ class ChatServer:
                 self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if refusal is not None:
             logger.warning("refusing %s:%d: %s", ip, address[1], refusal)
+            self.metrics.login(ok=False)
+            self.metrics.disconnected("shutdown" if refusal == "server_shutdown" else "limit")
             self.refuse(sock, refusal)
             return
         try:
@@ -227,6 +276,8 @@ class ChatServer:
         except RuntimeError as exc:  # out of threads
             logger.error("cannot start a thread for %s:%d: %s", ip, address[1], exc)
             self._forget(conn)
+            self.metrics.login(ok=False)
+            self.metrics.disconnected("limit")
             self.refuse(sock, "server_busy")
 
     def refuse(self, sock: socket.socket, reason: str) -> None:
@@ -259,6 +310,7 @@ class ChatServer:
                 if not self._per_ip[ip]:
                     del self._per_ip[ip]
                 self.released += 1
+                self.metrics.retire(conn)
             self._connections_lock.notify_all()
 
     def wait_for_connections(self, count: int, timeout: float) -> bool:
@@ -272,10 +324,19 @@ class ChatServer:
             return self._connections_lock.wait_for(lambda: self.released >= count, timeout)
 
     def shutdown(self) -> None:
-        """Stop accepting, tell every user, remove them, wait for their threads."""
+        """Stop accepting, tell every user, remove them, wait for their threads; within --shutdown-grace.
+
+        Every user is told the server is going down; each is removed from
+        Redis by the one atomic removal (redisdb.queue_removals), so the other
+        processes see each leave once.  Whatever is not done by the grace's
+        end (a Redis that does not answer) is left to the survivors, as after
+        a crash: our heartbeat goes, our id stays in ``servers``.
+        """
         if self._shutting_down.is_set():
             self._stopped.wait()
             return
+        started = time.monotonic()
+        self._stop_deadline = started + self.config.shutdown_grace
         self._shutting_down.set()
         logger.info("shutting down")
         if self._listener is not None:
@@ -285,38 +346,49 @@ class ChatServer:
                 pass
             self._listener.close()
         connections = self._local_connections()
-        # In three passes: once the first client's socket is shut, its reader
-        # announces its leaving to everyone, and every system call of this
-        # thread then waits for the GIL behind all the listeners it woke.
-        # So every user is told first, then no listener sends any more (they
-        # end at their next message instead of writing to a closing socket),
-        # all users are removed from Redis at once, and only then are the
-        # sockets shut.
+        # In order: every user is told first; then no listener sends any more;
+        # then every subscription is cut, so that the leave notices below wake
+        # no listener of ours (3,000 leaves to 3,000 local listeners are 9
+        # million deliveries, and every system call of this thread then waits
+        # for the GIL behind them); then the users leave Redis, a chunk per
+        # round trip; and only then are the sockets shut.
         notice = self.text("server_shutdown")
         for conn in connections:
+            with contextlib.suppress(OSError):  # a socket closed meanwhile
+                set_send_timeout(conn.sock, SHUTDOWN_SEND_TIMEOUT)
             conn.send_payload(system_payload(p.INDIVIDUAL, conn.name, notice))
         for conn in connections:
+            conn.note_leaving("shutdown")
             conn.advance(State.LEAVING)
-        try:
-            self.users_remove(connections)
-        except redis.RedisError as exc:
-            logger.error("could not remove the users from Redis: %s", exc)
+            conn.gone.set()
+        for conn in connections:
+            for sub in conn.subscriptions:
+                redisdb.end_subscription(sub)
+        left = self.users_remove(connections, deadline=self._stop_deadline)
         for conn in connections:
             conn.shutdown_socket()
         # One deadline for all of them: waiting close_timeout for each thread
         # in turn could add up to minutes with thousands of users.
-        deadline = time.monotonic() + self.config.close_timeout
-        self.membership.stop(self.config.close_timeout)
+        deadline = min(time.monotonic() + self.config.close_timeout, self._stop_deadline)
+        self.membership.stop(max(0.0, deadline - time.monotonic()))
         for conn in connections:
             thread = conn.reader_thread
             if thread is not None and thread.ident is not None:  # admit() may not have started it yet
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
+        if self._probe is not None:
+            self._probe.stop(max(0.0, deadline - time.monotonic()))
+        if self._endpoint is not None:
+            self._endpoint.stop()
         self.membership.unregister()
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
-        logger.info("shut down")
+        if left:
+            logger.warning("shut down in %.1f s; %d users left in Redis for the other servers to remove",
+                           time.monotonic() - started, left)
+        else:
+            logger.info("shut down in %.1f s", time.monotonic() - started)
 
     # --- the Go functions, in the Go file's order --------------------------------
 
@@ -338,17 +410,24 @@ class ChatServer:
             set_keepalive(conn.sock)
             set_send_timeout(conn.sock, self.config.send_timeout)
             self.user_add(conn)
-            conn.broadcast_sub = subscribe(self.rdb, self.keys.broadcast, self.config.close_timeout)
-            conn.personal_sub = subscribe(self.rdb, self.keys.personal(conn.id), self.config.close_timeout)
+            conn.broadcast_sub = subscribe(self.bus, self.keys.broadcast, self.config.close_timeout)
+            conn.personal_sub = subscribe(self.bus, self.keys.personal(conn.id), self.config.close_timeout)
             # Out of threads: RuntimeError, the client is told below.
             conn.broadcast_thread = self._start_thread(f"conn-{conn.id}-broadcast", self.broadcast, conn)
             conn.personal_thread = self._start_thread(f"conn-{conn.id}-personal", self.personal_message, conn)
+            self.metrics.login(ok=True, seconds=time.monotonic() - conn.accepted_at)
             self.read_client(conn)
         except redis.RedisError as exc:
-            logger.error("%r: Redis failed (%s); closing the connection", conn, exc)
-            conn.reply_text("server_error")
+            # Registering failed (readers answer their own Redis errors): at
+            # maxclients, out of memory, read-only, unreachable.
+            self.health.report(exc, f"{conn!r}: registering a new connection")
+            self.metrics.login(ok=False)
+            conn.note_leaving("error")
+            conn.reply_text("login_refused")
         except RuntimeError as exc:
             logger.error("%r: %s; closing the connection", conn, exc)
+            self.metrics.login(ok=False)
+            conn.note_leaving("limit")
             conn.reply_text("server_busy")
         except Exception:
             logger.exception("%r: unexpected error", conn)
@@ -362,29 +441,34 @@ class ChatServer:
         return thread
 
     def close_connection(self, conn: Connection) -> None:
-        """Remove the user, close the socket, end both listeners, free both pub/subs (Go: the defers)."""
+        """End both listeners, free both pub/subs, remove the user, close the socket (Go: the defers).
+
+        The subscriptions go first, and without a round trip: at Redis's
+        maxclients the removal may need their connections freed.
+        """
         # Not under the send lock: a listener may hold it in a blocked send,
         # which the socket shutdown below wakes.
         conn.advance(State.LEAVING)
         conn.gone.set()
         conn.shutdown_socket()
-        if conn.in_redis:
-            try:
-                self.user_remove(conn)
-            except redis.RedisError as exc:
-                logger.error("%r: could not remove the user from Redis: %s", conn, exc)
         # Original: the two subscriptions were never closed, leaking two Redis
         # connections and a goroutine per disconnect.
         for sub in conn.subscriptions:
-            try:
-                sub.unsubscribe()
-            except (redis.RedisError, OSError):
-                pass
+            redisdb.end_subscription(sub)
         for thread in conn.listener_threads:
             thread.join(self.config.close_timeout)
         for sub in conn.subscriptions:
             sub.close()
+        # During a stop, only until its grace is over: the rest is the survivors' work.
+        if conn.in_redis and time.monotonic() < self._stop_deadline:
+            try:
+                self.user_remove(conn)
+            except redis.RedisError as exc:
+                # Its records stay listed under this server: the next reconcile removes them.
+                self.health.report(exc, f"{conn!r}: removing the user")
+                self.health.reconcile_needed.set()
         conn.sock.close()
+        self.metrics.disconnected(conn.leave_reason or "reset")
         self._forget(conn)
         logger.debug("%r: released", conn)
 
@@ -420,7 +504,12 @@ class ChatServer:
             try:
                 renamed = redisdb.claim_name(self.rdb, self.keys, conn.id, new_name, release=conn.name_key)
             except redis.RedisError as exc:
-                logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
+                self.health.report(exc, f"{conn!r}: renaming to {new_name!r}")
+                if redisdb.outcome_unknown(exc):
+                    # It may still run: the user keeps its name, and the claim
+                    # is undone by the next reconcile, or when the user leaves.
+                    conn.uncertain_names.add(p.name_key(new_name))
+                    return Rename.FAILED, "rename_timeout"
                 return Rename.FAILED, "rename_failed"
             if not renamed:
                 return Rename.REFUSED, "name_taken"
@@ -447,6 +536,7 @@ class ChatServer:
             idle_timeout=config.idle_timeout,
         )
         batch = Batch(self.rdb)
+        conn.frame_reader = reader  # its byte count is a metric
         try:
             self._read_frames(conn, reader, batch)
         finally:
@@ -468,34 +558,43 @@ class ChatServer:
                 msg = reader.read()
             except InvalidUtf8 as exc:
                 logger.info("%r: %s", conn, exc)
+                conn.frames_by_kind[-1] += 1  # "bad"
                 if not conn.bucket.take():
                     if self.refuse_flood(conn):
                         continue
+                    conn.note_leaving("flood")
                     return
                 conn.reply_text("bad_utf8")
                 continue
             except FrameTimeout as exc:
                 logger.info("%r: %s; closing the connection", conn, exc)
+                conn.note_leaving("timeout")
                 conn.reply_text(f"timeout_{exc.kind}", seconds=f"{exc.seconds:g}")
                 return
             except FrameError as exc:
                 # Original: a negative length panicked the whole server process.
                 logger.warning("%r: %s; closing the connection", conn, exc)
+                conn.note_leaving("bad_frame")
                 conn.reply_text("frame_error", reason=exc)
                 return
             except OSError:
+                conn.note_leaving("reset")
                 return
             if msg is None:
+                conn.note_leaving("reset")  # closed without ./quit
                 return
             if not msg:
                 continue
             logger.debug("%r: received %r", conn, msg)
+            conn.frames_by_kind[frame_kind(msg)] += 1
             if not conn.bucket.take():
                 if self.refuse_flood(conn):
                     continue
+                conn.note_leaving("flood")
                 return
             conn.refused_in_a_row = 0
             if self.write_to_redis(conn, msg, batch) is USER_QUITS:
+                conn.note_leaving("quit")
                 return
 
     def flush(self, conn: Connection, batch: Batch) -> None:
@@ -509,11 +608,14 @@ class ChatServer:
         """
         if not len(batch):
             return
+        started = time.monotonic()
         try:
             batch.pipe.execute()
+            if batch.messages:
+                self.metrics.message_round_trip(time.monotonic() - started)
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.
-            logger.error("%r: Redis error while handling its messages: %s", conn, exc)
+            self.health.report(exc, f"{conn!r}: handling its messages")
             if not batch.messages:
                 pass  # only bookkeeping was lost (a join notice): nobody waits for an answer
             elif redisdb.outcome_unknown(exc):
@@ -556,7 +658,7 @@ class ChatServer:
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.  Nothing of this
             # message was queued yet (handlers read before they queue): one answer.
-            logger.error("%r: Redis error while handling %r: %s", conn, msg, exc)
+            self.health.report(exc, f"{conn!r}: handling {msg!r}")
             conn.reply_text("server_error")
             return None
 
@@ -698,24 +800,49 @@ class ChatServer:
         """Forget the user everywhere and announce that it left."""
         self.users_remove([conn])
 
-    def users_remove(self, connections: list[Connection]) -> None:
-        """:meth:`user_remove` for many users in one round trip (shutdown: for all at once)."""
-        with contextlib.ExitStack() as stack:
-            for conn in connections:
-                stack.enter_context(conn.state_lock)
-            leaving = [conn for conn in connections if conn.in_redis]
-            if not leaving:
-                return
-            pipe = self.rdb.pipeline()
-            departures = [
-                Departure(conn.id, conn.name, system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)))
-                for conn in leaving
-            ]
-            redisdb.queue_removal(pipe, self.keys, self.server_id, departures)
-            pipe.execute()
-            for conn in leaving:
-                conn.advance(State.GONE)
-                logger.info("%r: left", conn)
+    def users_remove(self, connections: list[Connection], deadline: float = float("inf")) -> int:
+        """:meth:`user_remove` for many users, a chunk per round trip; how many are left in Redis.
+
+        Each user's removal is one atomic script (redisdb.queue_removals):
+        a chunk that timed out may have run, and is simply sent again, since
+        a user already removed is neither removed nor announced twice.
+        Stops at ``deadline`` (shutdown's grace) or at a Redis failure (then
+        raises when nothing was removed, so a single leaving user's failure is
+        seen).
+        """
+        leaving = [conn for conn in connections if conn.in_redis]
+        for start in range(0, len(leaving), CLEANUP_CHUNK):
+            chunk = leaving[start : start + CLEANUP_CHUNK]
+            with contextlib.ExitStack() as stack:
+                for conn in chunk:
+                    stack.enter_context(conn.state_lock)
+                chunk = [conn for conn in chunk if conn.in_redis]
+                departures = [
+                    Departure(
+                        conn.id, conn.name,
+                        system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)),
+                        tuple(conn.uncertain_names),
+                    )
+                    for conn in chunk
+                ]
+                for attempt in (1, 2):
+                    pipe = self.rdb.pipeline(transaction=False)
+                    redisdb.queue_removals(pipe, self.keys, self.server_id, departures)
+                    try:
+                        pipe.execute()
+                        break
+                    except redis.RedisError as exc:
+                        self.health.report(exc, f"removing {len(chunk)} users")
+                        if attempt == 2 or not redisdb.outcome_unknown(exc) or time.monotonic() >= deadline:
+                            if len(connections) == 1:
+                                raise
+                            return sum(1 for conn in leaving if conn.in_redis)
+                for conn in chunk:
+                    conn.advance(State.GONE)
+                    logger.info("%r: left", conn)
+            if time.monotonic() >= deadline:
+                break
+        return sum(1 for conn in leaving if conn.in_redis)
 
     def get_online_users(self) -> int:
         """How many users are online (original: HGETALL and count)."""
@@ -788,6 +915,13 @@ def main(argv: list[str] | None = None) -> int:
     say_listening(server)
 
     def stop(signum, frame):
+        # A second SIGTERM or SIGINT ends the process at once, by the
+        # signal's default action: no Python code (and no GIL) is needed for
+        # it.  The alarm is a backstop of the same kind for the grace itself.
+        # What such an exit leaves in Redis is cleaned up as after a crash.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.alarm(math.ceil(config.shutdown_grace) + ALARM_MARGIN)
         threading.Thread(target=server.shutdown, name="shutdown").start()
 
     signal.signal(signal.SIGINT, stop)

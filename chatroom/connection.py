@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatroom.server")
 
+#: How many kinds of frame chatroom.metrics counts, and the slots of a
+#: listener's wake-up histogram (kept in step with chatroom.metrics, which checks).
+FRAME_KIND_COUNT = 9
+WAKEUP_SLOTS = 11
+
 #: Largest single socket write: whole frames only, within the Go client's
 #: read buffer (it decodes only a frame that lies inside one read).
 WRITE_LIMIT = GO_READ_BUFFER
@@ -130,6 +135,30 @@ class Connection:
         self.personal_thread: threading.Thread | None = None
         self.broadcast_sub: redis.client.PubSub | None = None
         self.personal_sub: redis.client.PubSub | None = None
+        #: Names (``name_key`` form) this user may hold in Redis besides its own:
+        #: claims whose answer never came.  Freed when it leaves or at a reconcile.
+        self.uncertain_names: set[str] = set()
+        #: Why the connection ended, once known (a ``chatroom.metrics`` reason).
+        self.leave_reason: str | None = None
+        # What chatroom.metrics adds up at scrape time; plain integers, each
+        # written by the threads that own it (the reader; whoever holds the send lock).
+        self.frames_by_kind = [0] * FRAME_KIND_COUNT
+        self.payloads_sent = 0
+        self.bytes_sent = 0
+        self.frame_reader = None
+        #: Per listener (broadcast, personal): wake-ups by payloads carried (see chatroom.metrics).
+        self.wakeups = ([0] * WAKEUP_SLOTS, [0] * WAKEUP_SLOTS)
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received from the client so far."""
+        reader = self.frame_reader
+        return reader.bytes_read if reader is not None else 0
+
+    def note_leaving(self, reason: str) -> None:
+        """Record why the connection ends; the first reason given stands."""
+        if self.leave_reason is None:
+            self.leave_reason = reason
 
     def __repr__(self) -> str:
         return f"<Connection {self.id or '?'} {self.name!r} {self.address[0]}:{self.address[1]}>"
@@ -194,8 +223,9 @@ class Connection:
         reading) closes the socket, which wakes the reader thread so that the
         whole connection is cleaned up.
         """
-        writes, chunk, size = [], [], 0
+        writes, chunk, size, count = [], [], 0, 0
         for payload in payloads:
+            count += 1
             frame = encode_bytes(payload + b"\n")
             if chunk and size + len(frame) > WRITE_LIMIT:
                 writes.append(b"".join(chunk))
@@ -210,9 +240,13 @@ class Connection:
             try:
                 for data in writes:
                     self.sock.sendall(data)
+                    self.bytes_sent += len(data)
+                self.payloads_sent += count
                 return True
             except OSError as exc:
                 logger.info("%r: send failed (%s); dropping the client", self, exc)
+                # SO_SNDTIMEO ran out: a client that stopped reading.
+                self.note_leaving("slow_reader" if isinstance(exc, (TimeoutError, BlockingIOError)) else "reset")
                 self.advance(State.LEAVING)
         self.shutdown_socket()
         return False

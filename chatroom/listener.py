@@ -87,9 +87,10 @@ class ListenerEngine:
         """Drain one subscription into the socket until unsubscribed or the client leaves."""
         health = self.health
         subscribed_under = health.run_id
+        wakeups = conn.wakeups[0 if kind == "broadcast" else 1]
         while conn.alive:
             try:
-                self._drain(conn, sub)
+                self._drain(conn, sub, wakeups)
                 break
             except (redis.RedisError, OSError) as exc:
                 if not conn.alive:
@@ -107,9 +108,10 @@ class ListenerEngine:
                     if not self.resubscribe(conn, sub):
                         break
                     subscribed_under = health.current_run_id()
+                health.metrics.resubscribed()
         logger.debug("%r: %s listener ended", conn, kind)
 
-    def _drain(self, conn: Connection, sub: redis.client.PubSub) -> None:
+    def _drain(self, conn: Connection, sub: redis.client.PubSub, wakeups: list[int]) -> None:
         """Forward messages until unsubscribed; raises when the pub/sub connection breaks.
 
         With hiredis the listener reads its socket itself (:meth:`_drain_raw`);
@@ -120,12 +122,13 @@ class ListenerEngine:
         pub/sub connection (``can_read(0)`` only says whether a reply has
         started; the blocking read that follows waits for the rest of it, so
         a partial reply is never mistaken for an error) and sends them
-        together: one wake-up and one send for many deliveries.
+        together: one wake-up and one send for many deliveries.  ``wakeups``
+        counts the wake-ups by payloads carried (see :mod:`chatroom.metrics`).
         """
         redis_conn = sub.connection
         raw = redisdb.raw_pubsub_socket(redis_conn)
         if raw is not None:
-            self._drain_raw(conn, sub, raw)
+            self._drain_raw(conn, sub, raw, wakeups)
             return
         while sub.subscribed:
             payloads = []
@@ -138,10 +141,15 @@ class ListenerEngine:
                 if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
                     break
                 response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
-            if payloads and not conn.send_payloads(payloads):
-                return
+            if payloads:
+                wakeups[len(payloads).bit_length()] += 1
+                wakeups[0] += len(payloads)
+                if not conn.send_payloads(payloads):
+                    return
 
-    def _drain_raw(self, conn: Connection, sub: redis.client.PubSub, raw: redisdb.RawPubSubSocket) -> None:
+    def _drain_raw(
+        self, conn: Connection, sub: redis.client.PubSub, raw: redisdb.RawPubSubSocket, wakeups: list[int]
+    ) -> None:
         """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
 
         One blocking ``recv`` per wake-up takes every byte Redis has written
@@ -192,9 +200,12 @@ class ListenerEngine:
                 else:  # (un)subscribe confirmations: the last unsubscribe ends the loop
                     sub.handle_message(response)
             if payloads:
+                count = len(payloads)
+                wakeups[count.bit_length()] += 1
+                wakeups[0] += count
                 if not conn.send_payloads(payloads):
                     return
-                if len(payloads) >= DRAIN_LIMIT:
+                if count >= DRAIN_LIMIT:
                     continue  # more whole replies may be parsed already
             if not sub.subscribed:
                 return

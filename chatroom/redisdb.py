@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 import redis
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 import protocol as p
 
@@ -37,11 +38,18 @@ MISSING_PACKAGES = (
 #: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's memory;
 #: 16 KiB still holds ~200 chat messages per read.
 PUBSUB_READ_SIZE = 16384
-#: Redis connections per chat user: two pub/sub connections, and a command
-#: connection for its reader at most ...
-POOL_PER_CLIENT = 3
-#: ... plus these for the heartbeat, the notifier and shutdown.
+#: Redis connections per chat user: two pub/sub connections in the pub/sub
+#: pool, and a command connection for its reader at most in the command pool ...
+PUBSUB_PER_CLIENT = 2
+COMMANDS_PER_CLIENT = 1
+#: ... plus these for the heartbeat, the notifier, the health probe and shutdown.
 POOL_SPARE = 16
+#: Command connections opened at start and kept: at Redis's maxclients the
+#: users already connected chat on these, where a command needing a new
+#: connection would be refused.
+WARM_COMMAND_CONNECTIONS = 8
+#: The URL scheme of a Redis found through Sentinel.
+SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds to wait for Redis to accept a new connection.
 CONNECT_TIMEOUT = 5
 #: TCP keepalive of Redis connections (idle, interval, count): a listener
@@ -73,6 +81,14 @@ class Keys:
         """The set of user ids served by one server process."""
         return f"{self._prefix}serverUsers:{server_id}"
 
+    def server_cleanup(self, server_id: str) -> str:
+        """The lease of the survivor cleaning up after a dead server process (its value: that survivor's id)."""
+        return f"{self._prefix}cleanup:{server_id}"
+
+    def health_probe(self, server_id: str) -> str:
+        """The channel one server process publishes to itself to see that pub/sub works."""
+        return f"{self._prefix}probe:{server_id}"
+
     def personal(self, user_id: str) -> str:
         """The personal channel of one user."""
         return self._personal + user_id
@@ -96,11 +112,59 @@ def mask_url(url: str | None) -> str:
     return f"{scheme}://{user + ':***' if colon else '***'}@{location}"
 
 
+class SentinelTarget(NamedTuple):
+    """What a ``redis+sentinel://`` URL names: the Sentinels, the master's name, the database."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/<master-name>[/db]``; ValueError if not.
+
+    The password, if any, is the master's (Redis's ``requirepass``); the
+    Sentinels themselves are asked without one.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    credentials, at, location = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username, password = (user or None, secret) if colon else (None, user)
+    hosts, slash, path = location.partition("/")
+    parts = [part for part in path.split("/") if part] if slash else []
+    if not hosts or not parts or len(parts) > 2:
+        raise ValueError("it must name the Sentinels and the master: host:port[,host:port...]/<master-name>[/db]")
+    sentinels = []
+    for address in hosts.split(","):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a Sentinel address must be host:port, not {address!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"the database must be a number, not {parts[1]!r}")
+    return SentinelTarget(sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, username, password)
+
+
 def check_redis_url(url: str) -> None:
     """Raise ValueError, with the URL masked, unless redis-py can use ``url``."""
     scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme == SENTINEL_SCHEME:
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ValueError(f"not a valid Sentinel URL ({exc}): {mask_url(url)!r}") from None
+        return
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"not a Redis URL (redis://host:port/db, rediss://..., unix://...): {mask_url(url)!r}")
+        raise ValueError(
+            "not a Redis URL (redis://host:port/db, rediss://..., unix://..., "
+            f"{SENTINEL_SCHEME}://host:port[,host:port]/master[/db]): {mask_url(url)!r}"
+        )
     try:
         redis.ConnectionPool.from_url(url)
     except ValueError as exc:
@@ -113,7 +177,29 @@ def describe_redis_error(exc: redis.RedisError) -> str:
         return f"it is a read only replica; give the master's address ({exc})"
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return f"it is out of memory (maxmemory, with a policy that evicts nothing); free some or raise it ({exc})"
+    if is_max_clients(exc):
+        return f"it has reached its maxclients; raise maxclients in redis.conf ({exc})"
     return str(exc)
+
+
+def is_max_clients(exc: BaseException) -> bool:
+    """True when Redis refused a new connection because it has ``maxclients`` already."""
+    return "max number of clients reached" in str(exc)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, stable name for what went wrong (a metric label, a log line's key)."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "read_only"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "out_of_memory"
+    if is_max_clients(exc):
+        return "max_clients"
+    if isinstance(exc, redis.TimeoutError):
+        return "timeout"
+    if isinstance(exc, (redis.ConnectionError, OSError)):
+        return "connection"
+    return "other"
 
 
 def outcome_unknown(exc: redis.RedisError) -> bool:
@@ -132,7 +218,7 @@ def _no_driver_info() -> dict:
     return {"lib_name": None, "lib_version": None}
 
 
-class _PooledConnection(redis.Connection):
+class _CheapPoolCheck:
     """A Redis connection whose pool check costs no system call.
 
     redis-py's pool asks ``can_read(0)`` of every connection it hands out, to
@@ -150,14 +236,24 @@ class _PooledConnection(redis.Connection):
         return super().can_read(timeout)
 
 
-def connect_redis(config: Config) -> redis.Redis:
-    """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
+class _PooledConnection(_CheapPoolCheck, redis.Connection):
+    """A plain TCP connection with the cheap pool check."""
 
-    Every chat user holds two pub/sub connections and its reader may run a
-    command, so the pool is sized for that rather than redis-py's default.
-    Raises SystemExit with one line when Redis cannot be reached.
+
+class _SentinelPooledConnection(_CheapPoolCheck, SentinelManagedConnection):
+    """A connection to whichever server the Sentinels call master, with the cheap pool check."""
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """The shared Redis client for commands: ``config.redis_url``, or an embedded fakeredis.
+
+    Its pool holds command connections only (see :func:`pubsub_client` for
+    the subscriptions' own pool), sized for one per user's reader rather than
+    redis-py's default, and :data:`WARM_COMMAND_CONNECTIONS` of them are
+    opened at once.  Raises SystemExit with one line when Redis cannot be
+    reached.
     """
-    pool_size = POOL_PER_CLIENT * config.max_clients + POOL_SPARE
+    pool_size = COMMANDS_PER_CLIENT * config.max_clients + POOL_SPARE
     if not config.redis_url:
         try:
             import fakeredis
@@ -170,11 +266,9 @@ def connect_redis(config: Config) -> redis.Redis:
         )
         return redis.Redis(connection_pool=pool)
     idle, interval, count = REDIS_KEEPALIVE
-    client = redis.Redis.from_url(
-        config.redis_url,
+    options = dict(
         max_connections=pool_size,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        connection_class=_PooledConnection,
         # RESP2: redis-py 8 speaks RESP3 by default, which costs every new
         # connection (two per login) a HELLO round trip; nothing here needs RESP3.
         protocol=2,
@@ -187,12 +281,89 @@ def connect_redis(config: Config) -> redis.Redis:
         # each connection while holding the pool's lock.
         **_no_driver_info(),
     )
+    if config.redis_url.startswith(SENTINEL_SCHEME + "://"):
+        target = parse_sentinel_url(config.redis_url)
+        sentinel = Sentinel(
+            target.sentinels, socket_timeout=CONNECT_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT, protocol=2
+        )
+        client = sentinel.master_for(
+            target.master,
+            connection_class=_SentinelPooledConnection,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+    else:
+        client = redis.Redis.from_url(config.redis_url, connection_class=_PooledConnection, **options)
     try:
         client.ping()
+        warm_up(client, WARM_COMMAND_CONNECTIONS)
     except redis.RedisError as exc:
         raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
     logger.info("using Redis at %s", mask_url(config.redis_url))
     return client
+
+
+def warm_up(rdb: redis.Redis, count: int) -> None:
+    """Open ``count`` connections of ``rdb``'s pool now and keep them there."""
+    pool = rdb.connection_pool
+    connections = []
+    try:
+        for _ in range(count):
+            connections.append(pool.get_connection())
+    finally:
+        for connection in connections:
+            pool.release(connection)
+
+
+def pubsub_client(rdb: redis.Redis, max_clients: int) -> redis.Redis:
+    """A client like ``rdb`` (same server, same settings) with a pool of its own, for subscriptions.
+
+    Apart, so that a subscription's connection, which goes back to its pool
+    disconnected, is never the next one handed to a command: at Redis's
+    ``maxclients`` that command would have to open a connection Redis
+    refuses, and users already connected could not chat.
+    """
+    pool = rdb.connection_pool
+    size = PUBSUB_PER_CLIENT * max_clients + POOL_SPARE
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "maint_notifications_pool_handler"}
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)
+        twin = SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class,
+            max_connections=size, **kwargs
+        )
+    else:
+        twin = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=size, **kwargs)
+    return redis.Redis(connection_pool=twin)
+
+
+def end_subscription(sub: redis.client.PubSub) -> None:
+    """Wake the listener reading ``sub`` without needing any new connection to Redis.
+
+    A real socket is shut down (the listener reads its end and stops; Redis
+    frees the connection at once); fakeredis's is told to unsubscribe.
+    An UNSUBSCRIBE on a broken connection would make redis-py reconnect,
+    which a Redis at ``maxclients`` refuses.
+    """
+    connection = sub.connection
+    if connection is None:
+        return
+    sock = getattr(connection, "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return
+    if sock is None or getattr(sub, "_chatroom_ended", False):
+        return  # never connected, already closed, or already told
+    sub._chatroom_ended = True  # a second UNSUBSCRIBE would race the listener's read in fakeredis
+    try:
+        sub.unsubscribe()
+    except (redis.RedisError, OSError):
+        pass
 
 
 def current_run_id(rdb: redis.Redis) -> str | None:
@@ -374,11 +545,8 @@ def release_names(pipe, keys: Keys, holders: dict[str, str]) -> None:
     """Queue on ``pipe`` the freeing of each name (``name_key`` -> user id) that user still holds.
 
     Compare and delete: an unconditional delete could free a name another
-    process gave to someone else meanwhile, e.g. after this process was
-    taken for dead.  A script, so that the comparison and the delete are
-    one atomic step inside the caller's round trip.  (WATCH + MULTI took
-    three, and when a thousand users left at once every delete aborted
-    every other transaction, which then started over.)
+    process gave to someone else meanwhile.  A script, so that the
+    comparison and the delete are one atomic step inside the caller's round trip.
     """
     args = [value for key, user_id in holders.items() if p.guest_id(key) is None for value in (key, user_id)]
     if args:
@@ -391,22 +559,78 @@ class Departure(NamedTuple):
     user_id: str
     name: str
     notice: bytes | None  # published on the broadcast channel; None: leave quietly
+    #: Other names (``name_key`` form) this user may hold: claims whose outcome is unknown.
+    also_held: tuple[str, ...] = ()
 
 
-def queue_removal(pipe, keys: Keys, server_id: str, departures: Iterable[Departure]) -> None:
-    """Queue on ``pipe`` the removal of users from presence, names, ranking and their server."""
-    departures = list(departures)
-    if not departures:
-        return
-    release_names(pipe, keys, {p.name_key(d.name): d.user_id for d in departures})
-    ids = [d.user_id for d in departures]
-    pipe.hdel(keys.users_name, *ids)
-    pipe.hdel(keys.users_online, *ids)
-    pipe.zrem(keys.activity_ranking, *ids)
-    pipe.srem(keys.server_users(server_id), *ids)
+#: The removal of one user, atomically: KEYS usersOnline, usersName,
+#: usersByName, activityRanking, serverUsers:<sid>, server:<sid>; ARGV user
+#: id, broadcast channel, notice ('' for none), 'reap' or 'own', then the
+#: name_keys to free if this user still holds them.  A reaper ('reap')
+#: removes only a user that the dead server's set still lists, and nothing
+#: while that server's heartbeat lives (it came back: -1).  Whoever takes the
+#: user off usersOnline publishes its notice: so each leave is announced
+#: once, whoever else (another survivor, a retry after a timeout) runs this
+#: for the same user.  Returns 1 if this call removed the user, else 0.
+#:
+#: Rooms (issue 12) extend it here: add KEYS userRooms:<id>, and, inside the
+#: ``online == 1`` branch, for each room in SMEMBERS of it: SREM the room's
+#: member set, PUBLISH the room's notice (an ARGV template around the room
+#: name), then DEL userRooms:<id>; one script, so still exactly once.
+_REMOVE_USER = """
+if ARGV[4] == 'reap' and redis.call('EXISTS', KEYS[6]) == 1 then
+  return -1
+end
+local owned = redis.call('SREM', KEYS[5], ARGV[1])
+if ARGV[4] == 'reap' and owned == 0 then
+  return 0
+end
+local online = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+for i = 5, #ARGV do
+  if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+if online == 1 and ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return online
+"""
+
+
+def queue_removals(pipe, keys: Keys, server_id: str, departures: Iterable[Departure], *, reaping: bool = False) -> int:
+    """Queue on ``pipe`` the atomic removal of each user (presence, names, ranking, its server's set).
+
+    The one way users leave Redis: a local user leaving, shutdown, a dead or
+    previous process's users.  Each removal is one script run (see
+    ``_REMOVE_USER``), so a caller that dies or times out midway can simply
+    be followed by another: nobody is announced twice, nobody is forgotten.
+    ``reaping``: the users belong to another (dead) process, and only those
+    its set still lists are removed.  Returns how many were queued.
+    """
+    queued = 0
+    mode = "reap" if reaping else "own"
     for departure in departures:
-        if departure.notice is not None:
-            pipe.publish(keys.broadcast, departure.notice)
+        names = {key for key in (p.name_key(departure.name), *departure.also_held) if key and p.guest_id(key) is None}
+        pipe.eval(
+            _REMOVE_USER,
+            6,
+            keys.users_online,
+            keys.users_name,
+            keys.users_by_name,
+            keys.activity_ranking,
+            keys.server_users(server_id),
+            keys.server_alive(server_id),
+            departure.user_id,
+            keys.broadcast,
+            departure.notice or b"",
+            mode,
+            *sorted(names),
+        )
+        queued += 1
+    return queued
 
 
 # --- the reader's writes -------------------------------------------------------------
