@@ -43,9 +43,7 @@ import contextlib
 import enum
 import errno
 import logging
-import math
 import os
-import signal
 import socket
 import sys
 import threading
@@ -90,7 +88,7 @@ LISTEN_BACKLOG = 1024
 
 #: message_processing's answer when the user asked to leave (the ``quit`` mark).
 USER_QUITS = object()
-#: Seconds past --shutdown-grace after which SIGALRM ends a stop that is stuck.
+#: Seconds past --shutdown-grace after which the watchdog ends a stop that is stuck.
 ALARM_MARGIN = 2
 #: Seconds a send of the shutdown notice may block: a client that stopped
 #: reading must not hold up the stop (its usual --send-timeout is 10 s).
@@ -172,9 +170,28 @@ class ChatServer:
             raise
         self.membership.start()
         self.health.start_notifier()
+        self._accepting = True  # connections queue in the backlog until serve_forever takes them
         if self.config.metrics_port:
             self._start_metrics()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
+
+    def _tell_through_redis(self, connections: list[Connection]) -> None:
+        """Publish each user's farewell on its personal channel, all in one round trip (see shutdown)."""
+        notice = self.text("server_shutdown")
+        pipe = self.rdb.pipeline(transaction=False)
+        for conn in connections:
+            # A client that stopped reading must not hold up the stop (no GIL
+            # hand-off here: setsockopt never blocks).
+            with contextlib.suppress(OSError):  # a socket closed meanwhile
+                set_send_timeout(conn.sock, SHUTDOWN_SEND_TIMEOUT)
+            if conn.personal_thread is not None and conn.alive:
+                conn.farewell = system_payload(p.INDIVIDUAL, conn.name, notice)
+                pipe.publish(self.keys.personal(conn.id), conn.farewell)
+        if len(pipe):
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:  # then shutdown tells them straight to their sockets
+                self.health.report(exc, "telling the users the server stops")
 
     def _start_metrics(self) -> None:
         """Serve /metrics, /healthz and /readyz on --metrics-host:--metrics-port (not in the Go server)."""
@@ -224,7 +241,6 @@ class ChatServer:
             self.bind()
         listener = self._listener
         self._spare_fd = os.open(os.devnull, os.O_RDONLY)
-        self._accepting = True
         while not self._shutting_down.is_set():
             try:
                 sock, address = listener.accept()
@@ -346,26 +362,40 @@ class ChatServer:
                 pass
             self._listener.close()
         connections = self._local_connections()
-        # In order: every user is told first; then no listener sends any more;
-        # then every subscription is cut, so that the leave notices below wake
-        # no listener of ours (3,000 leaves to 3,000 local listeners are 9
-        # million deliveries, and every system call of this thread then waits
-        # for the GIL behind them); then the users leave Redis, a chunk per
-        # round trip; and only then are the sockets shut.
+        phases = []  # (what, when it was done): the log says where a slow stop spent its time
+        # Every user is told through its own personal channel, in one round
+        # trip: its personal listener forwards the farewell and ends the
+        # connection (ListenerEngine.ends_with_the_stop), cutting both its
+        # subscriptions, so no leave notice below wakes it.  The telling and
+        # the closing so run in the users' own threads; this thread, which
+        # under a storm of wake-ups waits for the GIL at every system call,
+        # makes a handful.  (It told 3,000 users one by one in 7.8 s, behind
+        # a storm of leaves.)  Then it removes them all, 200 a round trip.
+        self._tell_through_redis(connections)
+        phases.append(("users told", time.monotonic()))
+        reserve = min(2.0, self.config.shutdown_grace / 4)  # for the stragglers, the removals, the threads
+        with self._connections_lock:
+            self._connections_lock.wait_for(
+                lambda: not self.connections, max(0.0, self._stop_deadline - reserve - time.monotonic())
+            )
+        phases.append(("connections closed", time.monotonic()))
+        # Whoever is left (mid-login, deaf, a Redis that did not answer): told
+        # and cut from here.  Subscriptions first, so that no leave notice of
+        # ours wakes a listener of ours.
+        stragglers = [conn for conn in connections if conn.alive]
         notice = self.text("server_shutdown")
-        for conn in connections:
-            with contextlib.suppress(OSError):  # a socket closed meanwhile
-                set_send_timeout(conn.sock, SHUTDOWN_SEND_TIMEOUT)
+        for conn in stragglers:
             conn.send_payload(system_payload(p.INDIVIDUAL, conn.name, notice))
         for conn in connections:
             conn.note_leaving("shutdown")
             conn.advance(State.LEAVING)
             conn.gone.set()
-        for conn in connections:
+        for conn in stragglers:
             for sub in conn.subscriptions:
                 redisdb.end_subscription(sub)
         left = self.users_remove(connections, deadline=self._stop_deadline)
-        for conn in connections:
+        phases.append(("users removed from Redis", time.monotonic()))
+        for conn in stragglers:
             conn.shutdown_socket()
         # One deadline for all of them: waiting close_timeout for each thread
         # in turn could add up to minutes with thousands of users.
@@ -375,6 +405,7 @@ class ChatServer:
             thread = conn.reader_thread
             if thread is not None and thread.ident is not None:  # admit() may not have started it yet
                 thread.join(max(0.0, deadline - time.monotonic()))
+        phases.append(("threads ended", time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
         if self._probe is not None:
             self._probe.stop(max(0.0, deadline - time.monotonic()))
@@ -384,11 +415,15 @@ class ChatServer:
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
+        steps = ", ".join(f"{what} at {when - started:.1f} s" for what, when in phases)
+        took = time.monotonic() - started
         if left:
-            logger.warning("shut down in %.1f s; %d users left in Redis for the other servers to remove",
-                           time.monotonic() - started, left)
+            logger.warning("shut down in %.1f s (%s); %d users left in Redis for the other servers to remove",
+                           took, steps, left)
         else:
-            logger.info("shut down in %.1f s", time.monotonic() - started)
+            # A stop that used half its grace is worth a look before one runs out of it.
+            logger.log(logging.WARNING if took > self.config.shutdown_grace / 2 else logging.INFO,
+                       "shut down in %.1f s (%s)", took, steps)
 
     # --- the Go functions, in the Go file's order --------------------------------
 
@@ -459,8 +494,10 @@ class ChatServer:
             thread.join(self.config.close_timeout)
         for sub in conn.subscriptions:
             sub.close()
-        # During a stop, only until its grace is over: the rest is the survivors' work.
-        if conn.in_redis and time.monotonic() < self._stop_deadline:
+        # During a stop, shutdown removes everyone, a chunk per round trip,
+        # once the listeners are gone: thousands of round trips from
+        # thousands of threads would each wait for the GIL.
+        if conn.in_redis and not self._shutting_down.is_set():
             try:
                 self.user_remove(conn)
             except redis.RedisError as exc:
@@ -896,6 +933,8 @@ def say_listening(server: ChatServer) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
     config = parse_args(argv)
+    # Before any thread starts: it forks.
+    stop_pipe = process.start_watchdog(config.shutdown_grace + ALARM_MARGIN)
     process.raise_open_file_limit()
     # Before any thread starts: threads inherit both.
     sys.setswitchinterval(process.SWITCH_INTERVAL)
@@ -914,18 +953,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     say_listening(server)
 
-    def stop(signum, frame):
-        # A second SIGTERM or SIGINT ends the process at once, by the
-        # signal's default action: no Python code (and no GIL) is needed for
-        # it.  The alarm is a backstop of the same kind for the grace itself.
-        # What such an exit leaves in Redis is cleaned up as after a crash.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.alarm(math.ceil(config.shutdown_grace) + ALARM_MARGIN)
-        threading.Thread(target=server.shutdown, name="shutdown").start()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # In a thread of its own, which needs neither the main thread nor its
+    # accept() to return; a second signal, or a stop stuck past its grace,
+    # ends the process from outside it (see process.start_watchdog).
+    process.on_stop(stop_pipe, server.shutdown)
     server.serve_forever()
     return 0
 

@@ -138,6 +138,9 @@ class Connection:
         #: Names (``name_key`` form) this user may hold in Redis besides its own:
         #: claims whose answer never came.  Freed when it leaves or at a reconcile.
         self.uncertain_names: set[str] = set()
+        #: The payload that tells this user the server is stopping, once a stop began:
+        #: its personal listener ends the connection after forwarding it.
+        self.farewell: bytes | None = None
         #: Why the connection ended, once known (a ``chatroom.metrics`` reason).
         self.leave_reason: str | None = None
         # What chatroom.metrics adds up at scrape time; plain integers, each

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from chatroom import redisdb
-from chatroom.connection import Connection
+from chatroom.connection import Connection, State
 
 if TYPE_CHECKING:
     from chatroom.cluster import RedisHealth
@@ -87,13 +87,14 @@ class ListenerEngine:
         """Drain one subscription into the socket until unsubscribed or the client leaves."""
         health = self.health
         subscribed_under = health.run_id
-        wakeups = conn.wakeups[0 if kind == "broadcast" else 1]
+        personal = kind == "personal"
+        wakeups = conn.wakeups[1 if personal else 0]
         while conn.alive:
             try:
-                self._drain(conn, sub, wakeups)
+                self._drain(conn, sub, wakeups, personal)
                 break
             except (redis.RedisError, OSError) as exc:
-                if not conn.alive:
+                if not conn.alive or self.stopping.is_set():
                     break
                 run_id = health.current_run_id()
                 if run_id is not None and run_id == subscribed_under:
@@ -111,7 +112,7 @@ class ListenerEngine:
                 health.metrics.resubscribed()
         logger.debug("%r: %s listener ended", conn, kind)
 
-    def _drain(self, conn: Connection, sub: redis.client.PubSub, wakeups: list[int]) -> None:
+    def _drain(self, conn: Connection, sub: redis.client.PubSub, wakeups: list[int], personal: bool) -> None:
         """Forward messages until unsubscribed; raises when the pub/sub connection breaks.
 
         With hiredis the listener reads its socket itself (:meth:`_drain_raw`);
@@ -124,12 +125,14 @@ class ListenerEngine:
         a partial reply is never mistaken for an error) and sends them
         together: one wake-up and one send for many deliveries.  ``wakeups``
         counts the wake-ups by payloads carried (see :mod:`chatroom.metrics`).
+        During a stop, see :meth:`ends_with_the_stop`.
         """
         redis_conn = sub.connection
         raw = redisdb.raw_pubsub_socket(redis_conn)
         if raw is not None:
-            self._drain_raw(conn, sub, raw, wakeups)
+            self._drain_raw(conn, sub, raw, wakeups, personal)
             return
+        stopping = self.stopping
         while sub.subscribed:
             payloads = []
             response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
@@ -142,13 +145,20 @@ class ListenerEngine:
                     break
                 response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
             if payloads:
+                if stopping.is_set() and self.ends_with_the_stop(conn, payloads, personal):
+                    return
                 wakeups[len(payloads).bit_length()] += 1
                 wakeups[0] += len(payloads)
                 if not conn.send_payloads(payloads):
                     return
 
     def _drain_raw(
-        self, conn: Connection, sub: redis.client.PubSub, raw: redisdb.RawPubSubSocket, wakeups: list[int]
+        self,
+        conn: Connection,
+        sub: redis.client.PubSub,
+        raw: redisdb.RawPubSubSocket,
+        wakeups: list[int],
+        personal: bool,
     ) -> None:
         """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
 
@@ -185,6 +195,7 @@ class ListenerEngine:
         lingering = 0.0  # seconds to gather messages before the next read; 0: block until one comes
         sleep = time.sleep
         monotonic = time.monotonic
+        stopping = self.stopping
         last_wake = 0.0
         received = 0
         while sub.subscribed:
@@ -200,6 +211,8 @@ class ListenerEngine:
                 else:  # (un)subscribe confirmations: the last unsubscribe ends the loop
                     sub.handle_message(response)
             if payloads:
+                if stopping.is_set() and self.ends_with_the_stop(conn, payloads, personal):
+                    return
                 count = len(payloads)
                 wakeups[count.bit_length()] += 1
                 wakeups[0] += count
@@ -230,6 +243,32 @@ class ListenerEngine:
             if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
                 lingering = seconds
             last_wake = now
+
+    def ends_with_the_stop(self, conn: Connection, payloads: list[bytes], personal: bool) -> bool:
+        """During a graceful stop: whether this wake-up is the listener's last.
+
+        The stop tells every user through its own personal channel (one
+        round trip for the stopping thread, whatever the crowd), so the
+        telling and the leaving run in the users' own threads.  A personal
+        listener forwards up to its user's farewell, then ends the whole
+        connection: both subscriptions cut (no leave notice of ours wakes it
+        again), the socket shut (its reader then removes the user).  A
+        broadcast listener ends at its first wake-up: what the room says
+        now would only reach a user about to be told goodbye.
+        """
+        if not personal:
+            return True
+        farewell = conn.farewell
+        if farewell is None or farewell not in payloads:
+            return False
+        conn.send_payloads(payloads[: payloads.index(farewell) + 1])
+        conn.note_leaving("shutdown")
+        conn.advance(State.LEAVING)
+        conn.gone.set()
+        for sub in conn.subscriptions:
+            redisdb.end_subscription(sub)
+        conn.shutdown_socket()
+        return True
 
     def linger_seconds(self) -> float:
         """How long a busy listener lingers now (0: never).
