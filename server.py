@@ -141,6 +141,7 @@ class ChatServer:
         )
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
         self.history = History(self.rdb, self.keys.history, config.history)
+        self.health.on_new_redis = lambda run_id: self.listeners.follow(run_id, self._local_connections())
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None

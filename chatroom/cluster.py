@@ -50,6 +50,9 @@ class RedisHealth:
         #: Where failures are counted (chatroom.metrics; its NO_METRICS when off).
         self.metrics = metrics
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, left out since)
+        #: Called with the new run id when the heartbeat finds another Redis
+        #: (a failover, a restart): the server moves its subscriptions there.
+        self.on_new_redis: Callable[[str], None] | None = None
         #: The run id Redis had at the last heartbeat (the listeners' reference).
         self.run_id: str | None = None
         self.down = False
@@ -290,6 +293,7 @@ class Membership:
         keys = self.keys
         health = self.health
         expiry = int(self.config.dead_after * 1000)
+        redisdb.follow_master(self.rdb)
         pipe = self.rdb.pipeline()
         pipe.set(keys.server_alive(self.server_id), "alive", px=expiry)
         pipe.sadd(keys.servers, self.server_id)
@@ -305,6 +309,11 @@ class Membership:
         # taken for dead), another Redis (a Sentinel failover, a restart), or
         # a past outage or timeout: make Redis agree with our sockets.
         changed = run_id is not None and health.run_id is not None and run_id != health.run_id
+        if changed:
+            logger.warning("Redis changed (run id %s, was %s): following it", run_id, health.run_id)
+            redisdb.forget_connections(self.rdb)  # none of them may still talk to the old one
+            if health.on_new_redis is not None:
+                health.on_new_redis(run_id)
         if (added and health.run_id is not None) or changed or health.reconcile_needed.is_set():
             health.reconcile_needed.clear()  # before: trouble during the reconcile asks for another
             try:

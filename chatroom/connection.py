@@ -138,6 +138,8 @@ class Connection:
         #: Names (``name_key`` form) this user may hold in Redis besides its own:
         #: claims whose answer never came.  Freed when it leaves or at a reconcile.
         self.uncertain_names: set[str] = set()
+        #: The Redis run id each subscription (broadcast, personal) was made under.
+        self.subscribed_under: list[str | None] = [None, None]
         #: The payload that tells this user the server is stopping, once a stop began:
         #: its personal listener ends the connection after forwarding it.
         self.farewell: bytes | None = None

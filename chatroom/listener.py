@@ -86,9 +86,10 @@ class ListenerEngine:
     def forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
         """Drain one subscription into the socket until unsubscribed or the client leaves."""
         health = self.health
-        subscribed_under = health.run_id
         personal = kind == "personal"
-        wakeups = conn.wakeups[1 if personal else 0]
+        index = 1 if personal else 0
+        subscribed_under = conn.subscribed_under[index] = health.run_id
+        wakeups = conn.wakeups[index]
         while conn.alive:
             try:
                 self._drain(conn, sub, wakeups, personal)
@@ -108,7 +109,7 @@ class ListenerEngine:
                 with health.resubscribing():
                     if not self.resubscribe(conn, sub):
                         break
-                    subscribed_under = health.current_run_id()
+                    subscribed_under = conn.subscribed_under[index] = health.current_run_id()
                 health.metrics.resubscribed()
         logger.debug("%r: %s listener ended", conn, kind)
 
@@ -243,6 +244,24 @@ class ListenerEngine:
             if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
                 lingering = seconds
             last_wake = now
+
+    def follow(self, run_id: str, connections: list[Connection]) -> int:
+        """Move every subscription made on another Redis than ``run_id`` to this one; how many.
+
+        After a Sentinel failover the demoted master still serves the
+        subscriptions made on it (and PUBLISH, which replicas accept), but
+        what is published on the new master reaches them only while it is
+        replicated there: each is cut, and its listener subscribes again,
+        which finds the new master, as after a Redis restart.
+        """
+        moved = 0
+        for conn in connections:
+            for index, sub in enumerate((conn.broadcast_sub, conn.personal_sub)):
+                under = conn.subscribed_under[index]
+                if sub is not None and under is not None and under != run_id:
+                    redisdb.end_subscription(sub)
+                    moved += 1
+        return moved
 
     def ends_with_the_stop(self, conn: Connection, payloads: list[bytes], personal: bool) -> bool:
         """During a graceful stop: whether this wake-up is the listener's last.

@@ -339,6 +339,27 @@ def pubsub_client(rdb: redis.Redis, max_clients: int) -> redis.Redis:
     return redis.Redis(connection_pool=twin)
 
 
+def follow_master(rdb: redis.Redis) -> None:
+    """With Sentinel: ask the Sentinels where the master is now; if it moved, close the idle connections.
+
+    redis-py asks only when it opens a connection, and after a forced
+    failover the demoted master keeps its clients (and accepts writes) until
+    the Sentinels reconfigure it, which can take them tens of seconds.
+    """
+    pool = rdb.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.get_master_address()
+
+
+def forget_connections(rdb: redis.Redis) -> None:
+    """Close every idle connection of ``rdb``'s pool: the next command opens one to wherever Redis is now.
+
+    After a Sentinel failover, a connection to the demoted master would
+    still take PUBLISH (replicas do), reaching only its own subscribers.
+    """
+    rdb.connection_pool.disconnect(inuse_connections=False)
+
+
 def end_subscription(sub: redis.client.PubSub) -> None:
     """Wake the listener reading ``sub`` without needing any new connection to Redis.
 
