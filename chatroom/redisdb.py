@@ -38,16 +38,16 @@ MISSING_PACKAGES = (
 #: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's memory;
 #: 16 KiB still holds ~200 chat messages per read.
 PUBSUB_READ_SIZE = 16384
-#: Redis connections per chat user: two pub/sub connections in the pub/sub
-#: pool, and a command connection for its reader at most in the command pool ...
+#: Redis connections per chat user in the pub/sub pool (broadcast, personal) ...
 PUBSUB_PER_CLIENT = 2
-COMMANDS_PER_CLIENT = 1
-#: ... plus these for the heartbeat, the notifier, the health probe and shutdown.
+#: ... plus these for the health probe and spares.
 POOL_SPARE = 16
-#: Command connections opened at start and kept: at Redis's maxclients the
-#: users already connected chat on these, where a command needing a new
-#: connection would be refused.
-WARM_COMMAND_CONNECTIONS = 8
+#: The command connections, all opened at start and kept: a reader waits for
+#: one of them (at most POOL_WAIT seconds) rather than opening another, so
+#: that at Redis's maxclients the users already connected still chat (Redis
+#: runs one command at a time anyway: more would only queue there).
+COMMAND_CONNECTIONS = 32
+POOL_WAIT = 5.0
 #: The URL scheme of a Redis found through Sentinel.
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds to wait for Redis to accept a new connection.
@@ -248,12 +248,12 @@ def connect_redis(config: Config) -> redis.Redis:
     """The shared Redis client for commands: ``config.redis_url``, or an embedded fakeredis.
 
     Its pool holds command connections only (see :func:`pubsub_client` for
-    the subscriptions' own pool), sized for one per user's reader rather than
-    redis-py's default, and :data:`WARM_COMMAND_CONNECTIONS` of them are
-    opened at once.  Raises SystemExit with one line when Redis cannot be
-    reached.
+    the subscriptions' own pool): :data:`COMMAND_CONNECTIONS`, all opened at
+    once, and a command waits for a free one.  (With Sentinel the pool is
+    redis-py's Sentinel pool, which opens more as needed.)  Raises SystemExit
+    with one line when Redis cannot be reached.
     """
-    pool_size = COMMANDS_PER_CLIENT * config.max_clients + POOL_SPARE
+    pool_size = COMMAND_CONNECTIONS
     if not config.redis_url:
         try:
             import fakeredis
@@ -295,10 +295,13 @@ def connect_redis(config: Config) -> redis.Redis:
             **options,
         )
     else:
-        client = redis.Redis.from_url(config.redis_url, connection_class=_PooledConnection, **options)
+        pool = redis.BlockingConnectionPool.from_url(
+            config.redis_url, connection_class=_PooledConnection, timeout=POOL_WAIT, **options
+        )
+        client = redis.Redis(connection_pool=pool)
     try:
         client.ping()
-        warm_up(client, WARM_COMMAND_CONNECTIONS)
+        warm_up(client, COMMAND_CONNECTIONS)
     except redis.RedisError as exc:
         raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
     logger.info("using Redis at %s", mask_url(config.redis_url))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, ROOT, RawClient, RedisProcess, scaled
+from conftest import REDIS_SERVER, ROOT, RawClient, scaled
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -53,17 +53,6 @@ class ServerProcess:
         """What the process logged (to stderr) so far."""
         self.log.seek(0)
         return self.log.read()
-
-
-@pytest.fixture
-def redis_proc(request, tmp_path):
-    """A redis-server of this test's own; ``indirect`` parameters add server options."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture
