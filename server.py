@@ -16,8 +16,9 @@ package (see its docstring).  The threads of one connection::
            ├─ broadcast        thread "conn-<id>-broadcast": <prefix>channel1 -> socket
            └─ personal_message thread "conn-<id>-personal":  <prefix>user:<id> -> socket
 
-All three share one ``redis.Redis`` client (each pub/sub holds one pooled
-connection of it) and one send lock, so frames never interleave.  Go's
+All three share the command client (``rdb``), the subscriptions' client
+(``bus``: each pub/sub holds one connection of its pool) and one send lock,
+so frames never interleave.  Go's
 ``<-quit`` wait is simply ``read_client`` returning.
 
 Redis state (every key and channel starts with ``--key-prefix``)::
@@ -31,8 +32,10 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     servers          set     ids of the server processes sharing this Redis
     server:<sid>     string  heartbeat of one process, expires after --dead-after
     serverUsers:<sid> set    user ids connected to that process
+    cleanup:<sid>    string  lease of the survivor cleaning up after a dead process
     channel1         channel broadcast
     user:<id>        channel one user's personal messages
+    probe:<sid>      channel the /readyz pub/sub probe of one process
 
 Where this differs from the original, a comment says what the original did.
 """
@@ -176,9 +179,10 @@ class ChatServer:
             self._start_metrics()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
 
-    def _tell_through_redis(self, connections: list[Connection]) -> None:
-        """Publish each user's farewell on its personal channel, all in one round trip (see shutdown)."""
+    def _tell_through_redis(self, connections: list[Connection]) -> set[Connection]:
+        """Publish each user's farewell on its personal channel, all in one round trip; to whom (see shutdown)."""
         notice = self.text("server_shutdown")
+        told = set()
         pipe = self.rdb.pipeline(transaction=False)
         for conn in connections:
             # A client that stopped reading must not hold up the stop (no GIL
@@ -188,11 +192,14 @@ class ChatServer:
             if conn.personal_thread is not None and conn.alive:
                 conn.farewell = system_payload(p.INDIVIDUAL, conn.name, notice)
                 pipe.publish(self.keys.personal(conn.id), conn.farewell)
+                told.add(conn)
         if len(pipe):
             try:
                 pipe.execute()
             except redis.RedisError as exc:  # then shutdown tells them straight to their sockets
                 self.health.report(exc, "telling the users the server stops")
+                return set()
+        return told
 
     def _start_metrics(self) -> None:
         """Serve /metrics, /healthz and /readyz on --metrics-host:--metrics-port (not in the Go server)."""
@@ -371,13 +378,19 @@ class ChatServer:
         # the closing so run in the users' own threads; this thread, which
         # under a storm of wake-ups waits for the GIL at every system call,
         # makes a handful.  (It told 3,000 users one by one in 7.8 s, behind
-        # a storm of leaves.)  Then it removes them all, 200 a round trip.
-        self._tell_through_redis(connections)
+        # a storm of leaves.)  Then it removes them all, 200 a round trip,
+        # and waits for their connections to close.
+        told = self._tell_through_redis(connections)
         phases.append(("users told", time.monotonic()))
+        # Out of Redis at once, while this thread still gets the GIL at all:
+        # the leave notices wake each of our broadcast listeners once more at
+        # most (it then ends, see ends_with_the_stop).
+        self.users_remove(connections, deadline=self._stop_deadline)
+        phases.append(("users removed from Redis", time.monotonic()))
         reserve = min(2.0, self.config.shutdown_grace / 4)  # for the stragglers, the removals, the threads
         with self._connections_lock:
             self._connections_lock.wait_for(
-                lambda: not self.connections, max(0.0, self._stop_deadline - reserve - time.monotonic())
+                lambda: self.connections.isdisjoint(told), max(0.0, self._stop_deadline - reserve - time.monotonic())
             )
         phases.append(("connections closed", time.monotonic()))
         # Whoever is left (mid-login, deaf, a Redis that did not answer): told
@@ -394,8 +407,7 @@ class ChatServer:
         for conn in stragglers:
             for sub in conn.subscriptions:
                 redisdb.end_subscription(sub)
-        left = self.users_remove(connections, deadline=self._stop_deadline)
-        phases.append(("users removed from Redis", time.monotonic()))
+        left = self.users_remove(connections, deadline=self._stop_deadline)  # what a failure left
         for conn in stragglers:
             conn.shutdown_socket()
         # One deadline for all of them: waiting close_timeout for each thread
@@ -422,8 +434,8 @@ class ChatServer:
             logger.warning("shut down in %.1f s (%s); %d users left in Redis for the other servers to remove",
                            took, steps, left)
         else:
-            # A stop that used half its grace is worth a look before one runs out of it.
-            logger.log(logging.WARNING if took > self.config.shutdown_grace / 2 else logging.INFO,
+            # A stop that used a quarter of its grace is worth a look before one runs out of it.
+            logger.log(logging.WARNING if took > self.config.shutdown_grace / 4 else logging.INFO,
                        "shut down in %.1f s (%s)", took, steps)
 
     # --- the Go functions, in the Go file's order --------------------------------
@@ -623,6 +635,9 @@ class ChatServer:
                 return
             if not msg:
                 continue
+            if self._shutting_down.is_set():  # its user is being told goodbye, and removed
+                conn.note_leaving("shutdown")
+                return
             logger.debug("%r: received %r", conn, msg)
             conn.frames_by_kind[frame_kind(msg)] += 1
             if not conn.bucket.take():
@@ -876,7 +891,7 @@ class ChatServer:
                                 raise
                             return sum(1 for conn in leaving if conn.in_redis)
                 for conn in chunk:
-                    conn.advance(State.GONE)
+                    conn.mark_removed()
                     logger.info("%r: left", conn)
             if time.monotonic() >= deadline:
                 break
@@ -932,7 +947,7 @@ def say_listening(server: ChatServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
+    """Run a server until SIGINT or SIGTERM (Go: ``main``); a clean stop ends the process with status 0."""
     config = parse_args(argv)
     # Before any thread starts: it forks.
     stop_pipe = process.start_watchdog(config.shutdown_grace + ALARM_MARGIN)
@@ -959,7 +974,12 @@ def main(argv: list[str] | None = None) -> int:
     # ends the process from outside it (see process.start_watchdog).
     process.on_stop(stop_pipe, server.shutdown)
     server.serve_forever()
-    return 0
+    # Stopped, Redis cleaned up: the interpreter's own teardown of thousands
+    # of threads and sockets would only add seconds to the stop.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -329,9 +329,12 @@ class Membership:
     def reconcile(self) -> None:
         """Register every local user Redis does not know, remove every one it wrongly keeps."""
         keys = self.keys
-        registered = {uid.decode() for uid in self.rdb.smembers(keys.server_users(self.server_id))}
+        # The local users before Redis's list, and again after: a user who
+        # registered in between is in the list without being a ghost (nor
+        # must it be taken for an id given to someone else).
         local = {conn.id: conn for conn in self.local_users() if conn.in_redis}
-        ghosts = registered - local.keys()
+        registered = {uid.decode() for uid in self.rdb.smembers(keys.server_users(self.server_id))}
+        ghosts = registered - local.keys() - {conn.id for conn in self.local_users() if conn.id}
         if ghosts:
             self._remove_records(sorted(ghosts), self.server_id, reaping=False)  # announced, as they left
         top = int(self.rdb.get(keys.next_user_id) or 0)

@@ -126,6 +126,8 @@ class Connection:
         self.state_lock = threading.Lock()
         self._state = State.ACCEPTED
         self._state_guard = threading.Lock()
+        #: Its records left Redis (see mark_removed).
+        self.removed = False
         self.id = ""
         self.name = ""
         self.name_key = ""
@@ -200,7 +202,13 @@ class Connection:
     @property
     def in_redis(self) -> bool:
         """True while Redis holds this user's records and they are ours to remove."""
-        return bool(self.id) and self._state < State.GONE
+        return bool(self.id) and self._state < State.GONE and not self.removed
+
+    def mark_removed(self) -> None:
+        """Its records left Redis; a connection still alive (a stop telling it goodbye) stays so."""
+        self.removed = True
+        if not self.alive:
+            self.advance(State.GONE)
 
     @property
     def listener_threads(self) -> list[threading.Thread]:

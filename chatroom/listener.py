@@ -106,6 +106,7 @@ class ListenerEngine:
                     break
                 # Redis is down or restarted: keep the client, subscribe again once it is back.
                 logger.warning("%r: %s subscription lost (%s); resubscribing", conn, kind, exc)
+                conn.subscribed_under[index] = None  # follow() must not cut the one being made
                 with health.resubscribing():
                     if not self.resubscribe(conn, sub):
                         break
