@@ -347,8 +347,11 @@ class ChatServer:
         with self._connections_lock:
             return self._connections_lock.wait_for(lambda: self.released >= count, timeout)
 
-    def shutdown(self) -> None:
+    def shutdown(self, signalled_at: float | None = None) -> None:
         """Stop accepting, tell every user, remove them, wait for their threads; within --shutdown-grace.
+
+        ``signalled_at``: when the signal that asked for it came (the log
+        then says how long the stop waited to begin).
 
         Every user is told the server is going down; each is removed from
         Redis by the one atomic removal (redisdb.queue_removals), so the other
@@ -359,7 +362,8 @@ class ChatServer:
         if self._shutting_down.is_set():
             self._stopped.wait()
             return
-        started = time.monotonic()
+        began = time.monotonic()
+        started = min(began, signalled_at) if signalled_at is not None else began
         self._stop_deadline = started + self.config.shutdown_grace
         self._shutting_down.set()
         logger.info("shutting down")
@@ -370,7 +374,7 @@ class ChatServer:
                 pass
             self._listener.close()
         connections = self._local_connections()
-        phases = []  # (what, when it was done): the log says where a slow stop spent its time
+        phases = [("stop began", began)]  # (what, when it was done): where a slow stop spent its time
         # Every user is told through its own personal channel, in one round
         # trip: its personal listener forwards the farewell and ends the
         # connection (ListenerEngine.ends_with_the_stop), cutting both its

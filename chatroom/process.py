@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +68,8 @@ def pin_to_cpu(spec: str, port: int) -> int | None:
 
 #: The signals that stop the server.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What the watchdog writes to the server on the first one: when it came.
+_WHEN = struct.Struct("d")
 
 
 def start_watchdog(grace: float) -> int:
@@ -131,8 +134,9 @@ def _watch(signals: int, stop: int, parent: int, grace: float) -> None:
                     continue
                 stops += 1
                 if stops == 1:
-                    deadline = time.monotonic() + grace
-                    os.write(stop, b"s")
+                    now = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+                    deadline = now + grace
+                    os.write(stop, _WHEN.pack(now))
                 else:
                     os.kill(parent, signal.SIGKILL)
                     os._exit(0)
@@ -141,17 +145,22 @@ def _watch(signals: int, stop: int, parent: int, grace: float) -> None:
     os._exit(0)
 
 
-def on_stop(stop_pipe: int, stop: Callable[[], None]) -> threading.Thread:
-    """Call ``stop`` in a thread of its own when the watchdog says so (the first SIGTERM or SIGINT)."""
+def on_stop(stop_pipe: int, stop: Callable[[float], None]) -> threading.Thread:
+    """Call ``stop`` in a thread of its own when the watchdog says so (the first SIGTERM or SIGINT).
+
+    ``stop`` is given when the signal came (``time.monotonic()``): how long
+    this thread waited for the GIL is then part of what a slow stop logs.
+    """
 
     def wait_and_stop() -> None:
         try:
-            said = os.read(stop_pipe, 1)
+            said = os.read(stop_pipe, _WHEN.size)
         except OSError:
             return
-        if said:
-            logger.info("stop signal received: stopping")
-            stop()
+        if len(said) == _WHEN.size:
+            (signalled_at,) = _WHEN.unpack(said)
+            logger.info("stop signal received %.1f s ago: stopping", time.monotonic() - signalled_at)
+            stop(signalled_at)
 
     thread = threading.Thread(target=wait_and_stop, name="signals", daemon=True)
     thread.start()

@@ -122,7 +122,10 @@ def test_a_redis_frozen_longer_than_the_timeout_leaves_nothing_wrong_behind(redi
         time.sleep(0.2)  # the reconcile runs on the heartbeat: nothing to await
     # No ghost: whatever dave's timed-out registration left is gone (the reconcile).
     while online_count(bob, "bob") != 3:  # alice, bob, eve
-        assert time.monotonic() < deadline, f"ghost users: {online_count(bob, 'bob')} online"
+        assert time.monotonic() < deadline, (
+            f"ghost users: {online_count(bob, 'bob')} online: "
+            f"{redis.Redis.from_url(redis_proc.url).hgetall('chatroom:usersName')}\n{server.read_log()}"
+        )
         time.sleep(0.2)
     # Nobody was dropped.
     alice.send("channel:channel1::still here")
