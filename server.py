@@ -74,7 +74,7 @@ from chatroom.connection import (
 )
 from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
-from chatroom.metrics import NO_METRICS, HealthServer, Metrics, PubSubProbe, frame_kind
+from chatroom.metrics import NO_METRICS, Monitoring, frame_kind
 from chatroom.redisdb import Batch, Departure, Keys
 from framing import FrameError, FrameReader, FrameTimeout, InvalidUtf8, encode_bytes
 
@@ -133,8 +133,8 @@ class ChatServer:
         self.released = 0
         #: Prometheus metrics (chatroom.metrics), real once bind() knows the server id and --metrics-port is set.
         self.metrics = NO_METRICS
-        self._endpoint: HealthServer | None = None
-        self._probe: PubSubProbe | None = None
+        #: --metrics-port's endpoint (chatroom.metrics.Monitoring), once bound.
+        self.monitoring: Monitoring | None = None
         self._accepting = False
         #: When a stop must be over (monotonic); what is left then is cleaned up as after a crash.
         self._stop_deadline = float("inf")
@@ -175,8 +175,14 @@ class ChatServer:
         self.membership.start()
         self.health.start_notifier()
         self._accepting = True  # connections queue in the backlog until serve_forever takes them
-        if self.config.metrics_port:
-            self._start_metrics()
+        if self.config.metrics_port:  # not in the Go server
+            self.monitoring = Monitoring(
+                self.config, self.server_id, self.rdb, self.bus, self.keys.health_probe(self.server_id), subscribe,
+                redis_up=lambda: not self.health.down, accepting=lambda: self._accepting,
+                stopping=self._shutting_down,
+            )
+            self.metrics = self.health.metrics = self.monitoring.metrics
+            self.monitoring.start()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
 
     def _tell_through_redis(self, connections: list[Connection]) -> set[Connection]:
@@ -200,31 +206,6 @@ class ChatServer:
                 self.health.report(exc, "telling the users the server stops")
                 return set()
         return told
-
-    def _start_metrics(self) -> None:
-        """Serve /metrics, /healthz and /readyz on --metrics-host:--metrics-port (not in the Go server)."""
-        self.metrics = Metrics(self.server_id, lambda: not self.health.down)
-        self.health.metrics = self.metrics
-        self._probe = PubSubProbe(self.rdb, self.bus, self.keys.health_probe(self.server_id), subscribe)
-        self._probe.start()
-        self._endpoint = HealthServer(
-            self.config.metrics_host, self.config.metrics_port, self.metrics,
-            accepting=lambda: self._accepting, not_ready=self.not_ready,
-        )
-        self._endpoint.start()
-        logger.info("metrics on http://%s:%d/metrics", *self._endpoint.address)
-
-    def not_ready(self) -> str | None:
-        """Why the server should get no new users now (/readyz), or None when it is ready."""
-        if self._shutting_down.is_set():
-            return "shutting down"
-        try:
-            self.rdb.ping()
-        except redis.RedisError as exc:
-            return f"Redis does not answer: {redisdb.error_kind(exc)}: {exc}"
-        if self._probe is not None and not self._probe.check():
-            return "the pub/sub probe did not come back within 2 s"
-        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -424,10 +405,8 @@ class ChatServer:
                 thread.join(max(0.0, deadline - time.monotonic()))
         phases.append(("threads ended", time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
-        if self._probe is not None:
-            self._probe.stop(max(0.0, deadline - time.monotonic()))
-        if self._endpoint is not None:
-            self._endpoint.stop()
+        if self.monitoring is not None:
+            self.monitoring.stop(max(0.0, deadline - time.monotonic()))
         self.membership.unregister()
         self._stopped.set()
         if self._accept_thread is not None:

@@ -411,3 +411,45 @@ class HealthServer:
         if self._thread.is_alive():
             self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class Monitoring:
+    """What ``--metrics-port`` starts for one server: its metrics, the pub/sub probe, the HTTP endpoint.
+
+    Handed what it needs: the settings, the server's id, the command and
+    pub/sub clients, the probe's channel and the function that subscribes,
+    and callables for whether Redis is up and the accept loop runs, and the
+    server's stop event.
+    """
+
+    def __init__(self, config, server_id: str, rdb: redis.Redis, bus: redis.Redis, probe_channel: str,
+                 subscribe: Callable, *, redis_up: Callable[[], bool], accepting: Callable[[], bool],
+                 stopping: threading.Event) -> None:
+        self.rdb = rdb
+        self.stopping = stopping
+        self.metrics = Metrics(server_id, redis_up)
+        self.probe = PubSubProbe(rdb, bus, probe_channel, subscribe)
+        self.endpoint = HealthServer(config.metrics_host, config.metrics_port, self.metrics, accepting, self.not_ready)
+
+    def start(self) -> None:
+        """Subscribe the probe and serve the endpoint."""
+        self.probe.start()
+        self.endpoint.start()
+        logger.info("metrics on http://%s:%d/metrics", *self.endpoint.address)
+
+    def stop(self, timeout: float) -> None:
+        """End the probe's thread (within ``timeout``) and the endpoint."""
+        self.probe.stop(timeout)
+        self.endpoint.stop()
+
+    def not_ready(self) -> str | None:
+        """Why the server should get no new users now (/readyz), or None when it is ready."""
+        if self.stopping.is_set():
+            return "shutting down"
+        try:
+            self.rdb.ping()
+        except redis.RedisError as exc:
+            return f"Redis does not answer: {redisdb.error_kind(exc)}: {exc}"
+        if not self.probe.check():
+            return "the pub/sub probe did not come back within 2 s"
+        return None

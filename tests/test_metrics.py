@@ -141,10 +141,10 @@ def test_healthz_answers_while_the_server_accepts_and_the_endpoint_ends_with_it(
 
 def test_a_stopping_server_is_not_ready(make_server):
     server = make_server(metrics_port=free_port())
-    assert server.not_ready() is None
+    assert server.monitoring.not_ready() is None
     server._shutting_down.set()  # the endpoint itself is closed by the stop's end
     try:
-        assert server.not_ready() == "shutting down"
+        assert server.monitoring.not_ready() == "shutting down"
     finally:
         server._shutting_down.clear()
 
