@@ -303,6 +303,8 @@ def connect_redis(config: Config) -> redis.Redis:
         client.ping()
         warm_up(client, COMMAND_CONNECTIONS)
     except redis.RedisError as exc:
+        if is_max_clients(exc):  # it answers, and refuses
+            raise SystemExit(f"cannot use Redis at {mask_url(config.redis_url)}: {describe_redis_error(exc)}") from None
         raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
     logger.info("using Redis at %s", mask_url(config.redis_url))
     return client

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, RawClient, scaled
+from conftest import REDIS_SERVER, ROOT, RawClient, scaled
 from test_cluster import ServerProcess, left, online_count
 
 from framing import encode
@@ -80,6 +82,25 @@ def test_at_redis_maxclients_connected_users_chat_newcomers_are_refused_and_leav
     assert log.count("max number of clients reached") == 1, log
     assert "Traceback" not in log
     admin.close()
+
+
+@pytest.mark.parametrize("redis_proc", [("--maxclients", "20")], indirect=True)
+def test_a_redis_at_maxclients_at_start_is_one_line_and_exit_1(redis_proc):
+    holders = [redis.Redis.from_url(redis_proc.url) for _ in range(20)]
+    for holder in holders:
+        try:
+            holder.ping()
+        except redis.ConnectionError:
+            break  # full
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--redis-url", redis_proc.url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    for holder in holders:
+        holder.close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"cannot use Redis at {redis_proc.url}: it has reached its maxclients")
 
 
 def test_a_redis_frozen_longer_than_the_timeout_leaves_nothing_wrong_behind(redis_proc, server_on):
