@@ -449,8 +449,8 @@ class Membership:
                 self.rdb.set(keys.server_cleanup(server_id), self.server_id, xx=True, px=expiry)
             if rate:
                 time.sleep(max(0.0, len(ids) / rate - (time.monotonic() - started)))
-        else:
-            return
+        if self.stopping.is_set():
+            return  # the rest is the next survivor's (its lease expires)
         if reaping:
             self.rdb.eval(
                 _FINISH_CLEANUP, 4, keys.servers, keys.server_alive(server_id), keys.server_users(server_id),
