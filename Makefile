@@ -68,8 +68,8 @@ clean:
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q tests/test_fuzz.py
 
-## make bench: fan-out, fixed load, command round trips and capacity, on a real Redis and on the
-## embedded one; prints a table (about 15 minutes; ARGS="--scenarios fanout --backends real" ...)
+## make bench: fan-out (metrics off and on), fixed load, command round trips, capacity and the stop, on a real Redis and on the
+## embedded one; prints a table (about 20 minutes; ARGS="--scenarios fanout --backends real" ...)
 bench: $(STAMP)
 	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
 	$(PY) bench/run.py $(ARGS)

@@ -183,6 +183,8 @@ class FrameReader:
         self.sock = sock
         self.decoder = FrameDecoder(max_frame)
         self.frames_read = 0
+        #: Bytes received so far (what an operator's "bytes in" counts).
+        self.bytes_read = 0
         self._clock = clock
         self._first_frame_timeout = first_frame_timeout or 0
         self._frame_timeout = frame_timeout or 0
@@ -236,6 +238,7 @@ class FrameReader:
             if not data:
                 decoder.end_of_stream()
                 return None
+            self.bytes_read += len(data)
             if self._timed:
                 self._last_recv = self._clock()
             decoder.feed(data)

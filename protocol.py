@@ -311,6 +311,14 @@ TEXTS: dict[str, dict[str, str]] = {
     "left": {"zh": "用户已下线:{name}", "en": "User left: {name}"},
     "name_taken": {"zh": "名字重复,请更换名字再次尝试", "en": "That name is taken, please try another"},
     "rename_failed": {"zh": "未知原因导致改名失败", "en": "Renaming failed for an unknown reason"},
+    "rename_timeout": {
+        "zh": "Redis响应超时,昵称未修改,请再试一次",
+        "en": "Redis did not answer in time: your nickname was not changed, please try again",
+    },
+    "login_refused": {
+        "zh": "服务器暂时无法接纳新用户,请稍后再试",
+        "en": "The server cannot take new users right now, please try again later",
+    },
     "menu": {"zh": ZH_MENU, "en": EN_MENU},
     "bad_format": {"zh": "信息格式错误", "en": "Bad message format"},
     "online_count": {"zh": "当前在线人数为{count}人", "en": "Users online: {count}"},

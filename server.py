@@ -16,8 +16,9 @@ package (see its docstring).  The threads of one connection::
            ├─ broadcast        thread "conn-<id>-broadcast": <prefix>channel1 -> socket
            └─ personal_message thread "conn-<id>-personal":  <prefix>user:<id> -> socket
 
-All three share one ``redis.Redis`` client (each pub/sub holds one pooled
-connection of it) and one send lock, so frames never interleave.  Go's
+All three share the command client (``rdb``), the subscriptions' client
+(``bus``: each pub/sub holds one connection of its pool) and one send lock,
+so frames never interleave.  Go's
 ``<-quit`` wait is simply ``read_client`` returning.
 
 Redis state (every key and channel starts with ``--key-prefix``)::
@@ -31,6 +32,7 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     servers          set     ids of the server processes sharing this Redis
     server:<sid>     string  heartbeat of one process, expires after --dead-after
     serverUsers:<sid> set    user ids connected to that process
+    cleanup:<sid>    string  lease of the survivor cleaning up after a dead process
     channel1         channel broadcast
     user:<id>        channel one user's personal messages
     account:<key>    hash    a registered name: name, hash (argon2id), oper, created (chatroom/accounts.py)
@@ -39,6 +41,7 @@ Redis state (every key and channel starts with ``--key-prefix``)::
     bans, mutes      hash    target -> the ban or mute, with its expiry (chatroom/moderation.py)
     moderationLog    list    newest first, capped: every operator's action
     control          channel actions aimed at the users of every process (chatroom/control.py)
+    probe:<sid>      channel the /readyz pub/sub probe of one process
 
 Where this differs from the original, a comment says what the original did.
 """
@@ -68,7 +71,7 @@ except ImportError as exc:  # python server.py with a bare Python
 import protocol as p
 from chatroom import process, redisdb
 from chatroom.accounts import Accounts, PasswordHasher
-from chatroom.cluster import Membership, RedisHealth
+from chatroom.cluster import CLEANUP_CHUNK, Membership, RedisHealth
 from chatroom.config import Config, parse_args
 from chatroom.connection import (
     Connection,
@@ -81,6 +84,7 @@ from chatroom.connection import (
 from chatroom.control import ControlChannel
 from chatroom.history import History
 from chatroom.listener import ListenerEngine, subscribe
+from chatroom.metrics import NO_METRICS, Monitoring, frame_kind
 from chatroom.moderation import Moderation, Sanctions
 from chatroom.redisdb import Batch, Departure, Keys
 from chatroom.rooms import Rooms
@@ -101,6 +105,11 @@ LISTEN_BACKLOG = 1024
 
 #: message_processing's answer when the user asked to leave (the ``quit`` mark).
 USER_QUITS = object()
+#: Seconds past --shutdown-grace after which the watchdog ends a stop that is stuck.
+ALARM_MARGIN = 2
+#: Seconds a send of the shutdown notice may block: a client that stopped
+#: reading must not hold up the stop (its usual --send-timeout is 10 s).
+SHUTDOWN_SEND_TIMEOUT = 0.2
 
 
 class Rename(enum.IntEnum):
@@ -122,7 +131,9 @@ class ChatServer:
     def __init__(self, config: Config, rdb: redis.Redis | None = None, *, ws_ssl_context=None) -> None:
         self.config = config
         self.rdb = rdb if rdb is not None else redisdb.connect_redis(config)
-        redisdb.check_internals(self.rdb)
+        # Subscriptions on a pool of their own: see redisdb.pubsub_client.
+        self.bus = redisdb.pubsub_client(self.rdb, config.max_clients)
+        redisdb.check_internals(self.bus)
         self.keys = Keys(config.key_prefix)
         self.lang = config.lang
         self.connections: set[Connection] = set()
@@ -134,7 +145,14 @@ class ChatServer:
         self._per_ip: dict[str, int] = {}
         #: Connections admitted and since released, ever (tests await it).
         self.released = 0
-        self.health = RedisHealth(self.rdb, self._local_connections)
+        #: Prometheus metrics (chatroom.metrics), real once bind() knows the server id and --metrics-port is set.
+        self.metrics = NO_METRICS
+        #: --metrics-port's endpoint (chatroom.metrics.Monitoring), once bound.
+        self.monitoring: Monitoring | None = None
+        self._accepting = False
+        #: When a stop must be over (monotonic); what is left then is cleaned up as after a crash.
+        self._stop_deadline = float("inf")
+        self.health = RedisHealth(self.rdb, self._local_connections, self.metrics)
         self.membership = Membership(
             self.rdb, self.keys, config, self.health, self._local_connections, self._shutting_down
         )
@@ -158,6 +176,7 @@ class ChatServer:
         )
         self._tls_listener: socket.socket | None = None
         self._wake_accept: tuple[socket.socket, socket.socket] | None = None
+        self.health.on_new_redis = lambda run_id: self.listeners.follow(run_id, self._local_connections())
         # Kept open so that, out of file descriptors, one can be freed to
         # accept a connection and refuse it politely instead of spinning.
         self._spare_fd: int | None = None
@@ -209,6 +228,15 @@ class ChatServer:
         self.accounts.start()
         self.membership.start()
         self.health.start_notifier()
+        self._accepting = True  # connections queue in the backlog until serve_forever takes them
+        if self.config.metrics_port:  # not in the Go server
+            self.monitoring = Monitoring(
+                self.config, self.server_id, self.rdb, self.bus, self.keys.health_probe(self.server_id), subscribe,
+                redis_up=lambda: not self.health.down, accepting=lambda: self._accepting,
+                stopping=self._shutting_down,
+            )
+            self.metrics = self.health.metrics = self.monitoring.metrics
+            self.monitoring.start()
         if self.websocket is not None:
             self.websocket.start()
         logger.info("server %s listening on %s:%d", self.server_id, *self.address)
@@ -217,6 +245,28 @@ class ChatServer:
 
     def _listening_sockets(self) -> list[socket.socket]:
         return [s for s in (self._listener, self._tls_listener) if s is not None]
+
+    def _tell_through_redis(self, connections: list[Connection]) -> set[Connection]:
+        """Publish each user's farewell on its personal channel, all in one round trip; to whom (see shutdown)."""
+        notice = self.text("server_shutdown")
+        told = set()
+        pipe = self.rdb.pipeline(transaction=False)
+        for conn in connections:
+            # A client that stopped reading must not hold up the stop (no GIL
+            # hand-off here: setsockopt never blocks).
+            with contextlib.suppress(OSError):  # a socket closed meanwhile
+                set_send_timeout(conn.sock, SHUTDOWN_SEND_TIMEOUT)
+            if conn.personal_thread is not None and conn.alive:
+                conn.farewell = system_payload(p.INDIVIDUAL, conn.name, notice)
+                pipe.publish(self.keys.personal(conn.id), conn.farewell)
+                told.add(conn)
+        if len(pipe):
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:  # then shutdown tells them straight to their sockets
+                self.health.report(exc, "telling the users the server stops")
+                return set()
+        return told
 
     @property
     def address(self) -> tuple[str, int]:
@@ -330,10 +380,14 @@ class ChatServer:
             elif config.max_per_ip and self._per_ip.get(ip, 0) >= config.max_per_ip:
                 refusal = "too_many_from_ip"
             else:
+                conn.accepted_at = time.monotonic()
+                self.metrics.track(conn)
                 self.connections.add(conn)
                 self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
                 return None
         logger.warning("refusing %s:%d: %s", ip, conn.address[1], refusal)
+        self.metrics.login(ok=False)
+        self.metrics.disconnected("shutdown" if refusal == "server_shutdown" else "limit")
         return refusal, banned or {}
 
     def refuse(self, sock: socket.socket, reason: str, /, **values: object) -> None:
@@ -369,6 +423,7 @@ class ChatServer:
                 if not self._per_ip[ip]:
                     del self._per_ip[ip]
                 self.released += 1
+                self.metrics.retire(conn)
             self._connections_lock.notify_all()
 
     def wait_for_connections(self, count: int, timeout: float) -> bool:
@@ -381,11 +436,24 @@ class ChatServer:
         with self._connections_lock:
             return self._connections_lock.wait_for(lambda: self.released >= count, timeout)
 
-    def shutdown(self) -> None:
-        """Stop accepting, tell every user, remove them, wait for their threads."""
+    def shutdown(self, signalled_at: float | None = None) -> None:
+        """Stop accepting, tell every user, remove them, wait for their threads; within --shutdown-grace.
+
+        ``signalled_at``: when the signal that asked for it came (the log
+        then says how long the stop waited to begin).
+
+        Every user is told the server is going down; each is removed from
+        Redis by the one atomic removal (redisdb.queue_removals), so the other
+        processes see each leave once.  Whatever is not done by the grace's
+        end (a Redis that does not answer) is left to the survivors, as after
+        a crash: our heartbeat goes, our id stays in ``servers``.
+        """
         if self._shutting_down.is_set():
             self._stopped.wait()
             return
+        began = time.monotonic()
+        started = min(began, signalled_at) if signalled_at is not None else began
+        self._stop_deadline = started + self.config.shutdown_grace
         self._shutting_down.set()
         logger.info("shutting down")
         if self._wake_accept is not None:
@@ -398,42 +466,75 @@ class ChatServer:
                 pass
             listener.close()
         connections = self._local_connections()
-        # In three passes: once the first client's socket is shut, its reader
-        # announces its leaving to everyone, and every system call of this
-        # thread then waits for the GIL behind all the listeners it woke.
-        # So every user is told first, then no listener sends any more (they
-        # end at their next message instead of writing to a closing socket),
-        # all users are removed from Redis at once, and only then are the
-        # sockets shut.
+        phases = [("stop began", began)]  # (what, when it was done): where a slow stop spent its time
+        # Every user is told through its own personal channel, in one round
+        # trip: its personal listener forwards the farewell and ends the
+        # connection (ListenerEngine.ends_with_the_stop), cutting both its
+        # subscriptions, so no leave notice below wakes it.  The telling and
+        # the closing so run in the users' own threads; this thread, which
+        # under a storm of wake-ups waits for the GIL at every system call,
+        # makes a handful.  (It told 3,000 users one by one in 7.8 s, behind
+        # a storm of leaves.)  Then it removes them all, 200 a round trip,
+        # and waits for their connections to close.
+        told = self._tell_through_redis(connections)
+        phases.append(("users told", time.monotonic()))
+        # Out of Redis at once, while this thread still gets the GIL at all:
+        # the leave notices wake each of our broadcast listeners once more at
+        # most (it then ends, see ends_with_the_stop).
+        self.users_remove(connections, deadline=self._stop_deadline)
+        phases.append(("users removed from Redis", time.monotonic()))
+        reserve = min(2.0, self.config.shutdown_grace / 4)  # for the stragglers, the removals, the threads
+        with self._connections_lock:
+            self._connections_lock.wait_for(
+                lambda: self.connections.isdisjoint(told), max(0.0, self._stop_deadline - reserve - time.monotonic())
+            )
+        phases.append(("connections closed", time.monotonic()))
+        # Whoever is left (mid-login, deaf, a Redis that did not answer): told
+        # and cut from here.  Subscriptions first, so that no leave notice of
+        # ours wakes a listener of ours.
+        stragglers = [conn for conn in connections if conn.alive]
         notice = self.text("server_shutdown")
-        for conn in connections:
+        for conn in stragglers:
             conn.send_payload(system_payload(p.INDIVIDUAL, conn.name, notice))
         for conn in connections:
+            conn.note_leaving("shutdown")
             conn.advance(State.LEAVING)
-        try:
-            self.users_remove(connections)
-        except redis.RedisError as exc:
-            logger.error("could not remove the users from Redis: %s", exc)
-        for conn in connections:
+            conn.gone.set()
+        for conn in stragglers:
+            for sub in conn.subscriptions:
+                redisdb.end_subscription(sub)
+        left = self.users_remove(connections, deadline=self._stop_deadline)  # what a failure left
+        for conn in stragglers:
             conn.shutdown_socket()
         # One deadline for all of them: waiting close_timeout for each thread
         # in turn could add up to minutes with thousands of users.
-        deadline = time.monotonic() + self.config.close_timeout
-        self.membership.stop(self.config.close_timeout)
+        deadline = min(time.monotonic() + self.config.close_timeout, self._stop_deadline)
+        self.membership.stop(max(0.0, deadline - time.monotonic()))
         for conn in connections:
             thread = conn.reader_thread
             if thread is not None and thread.ident is not None:  # admit() may not have started it yet
                 thread.join(max(0.0, deadline - time.monotonic()))
+        phases.append(("threads ended", time.monotonic()))
         self.health.stop_notifier(max(0.0, deadline - time.monotonic()))
         self.control.stop(max(0.0, deadline - time.monotonic()))
         self.accounts.stop(max(0.0, deadline - time.monotonic()))
+        if self.monitoring is not None:
+            self.monitoring.stop(max(0.0, deadline - time.monotonic()))
         self.membership.unregister()
         if self.websocket is not None:  # what is left: page requests, handshakes refused as shutting down
             self.websocket.stop()
         self._stopped.set()
         if self._accept_thread is not None:
             self._accept_thread.join(self.config.close_timeout)
-        logger.info("shut down")
+        steps = ", ".join(f"{what} at {when - started:.1f} s" for what, when in phases)
+        took = time.monotonic() - started
+        if left:
+            logger.warning("shut down in %.1f s (%s); %d users left in Redis for the other servers to remove",
+                           took, steps, left)
+        else:
+            # A stop that used a quarter of its grace is worth a look before one runs out of it.
+            logger.log(logging.WARNING if took > self.config.shutdown_grace / 4 else logging.INFO,
+                       "shut down in %.1f s (%s)", took, steps)
 
     # --- the Go functions, in the Go file's order --------------------------------
 
@@ -457,17 +558,24 @@ class ChatServer:
             set_keepalive(conn.sock)
             set_send_timeout(conn.sock, self.config.send_timeout)
             self.user_add(conn)
-            conn.broadcast_sub = subscribe(self.rdb, self.keys.broadcast, self.config.close_timeout)
-            conn.personal_sub = subscribe(self.rdb, self.keys.personal(conn.id), self.config.close_timeout)
+            conn.broadcast_sub = subscribe(self.bus, self.keys.broadcast, self.config.close_timeout)
+            conn.personal_sub = subscribe(self.bus, self.keys.personal(conn.id), self.config.close_timeout)
             # Out of threads: RuntimeError, the client is told below.
             conn.broadcast_thread = self._start_thread(f"conn-{conn.id}-broadcast", self.broadcast, conn)
             conn.personal_thread = self._start_thread(f"conn-{conn.id}-personal", self.personal_message, conn)
+            self.metrics.login(ok=True, seconds=time.monotonic() - conn.accepted_at)
             self.read_client(conn)
         except redis.RedisError as exc:
-            logger.error("%r: Redis failed (%s); closing the connection", conn, exc)
-            conn.reply_text("server_error")
+            # Registering failed (readers answer their own Redis errors): at
+            # maxclients, out of memory, read-only, unreachable.
+            self.health.report(exc, f"{conn!r}: registering a new connection")
+            self.metrics.login(ok=False)
+            conn.note_leaving("error")
+            conn.reply_text("login_refused")
         except RuntimeError as exc:
             logger.error("%r: %s; closing the connection", conn, exc)
+            self.metrics.login(ok=False)
+            conn.note_leaving("limit")
             conn.reply_text("server_busy")
         except Exception:
             logger.exception("%r: unexpected error", conn)
@@ -497,30 +605,39 @@ class ChatServer:
         return thread
 
     def close_connection(self, conn: Connection) -> None:
-        """Remove the user, close the socket, end both listeners, free both pub/subs (Go: the defers)."""
+        """Free both pub/subs, remove the user, close the socket, end both listeners (Go: the defers).
+
+        The subscriptions go first, and without a round trip: at Redis's
+        maxclients the removal may need their connections freed.  The user
+        leaves Redis before its socket closes, as in the original (userRemove,
+        then the deferred Close): a user who quits and comes straight back
+        finds its name free.
+        """
         # Not under the send lock: a listener may hold it in a blocked send,
         # which the socket shutdown below wakes.
         conn.advance(State.LEAVING)
         conn.gone.set()
-        conn.shutdown_socket()
-        if conn.in_redis:
-            try:
-                self.user_remove(conn)
-            except redis.RedisError as exc:
-                logger.error("%r: could not remove the user from Redis: %s", conn, exc)
         # Original: the two subscriptions were never closed, leaking two Redis
         # connections and a goroutine per disconnect.
         for sub in conn.subscriptions:
+            redisdb.end_subscription(sub)
+        # During a stop, shutdown removes everyone, a chunk per round trip:
+        # thousands of round trips from thousands of threads would each wait
+        # for the GIL.
+        if conn.in_redis and not self._shutting_down.is_set():
             try:
-                with conn.sub_lock:  # the listener records confirmations under it
-                    sub.unsubscribe()
-            except (redis.RedisError, OSError):
-                pass
+                self.user_remove(conn)
+            except redis.RedisError as exc:
+                # Its records stay listed under this server: the next reconcile removes them.
+                self.health.report(exc, f"{conn!r}: removing the user")
+                self.health.reconcile_needed.set()
+        conn.shutdown_socket()
         for thread in conn.listener_threads:
             thread.join(self.config.close_timeout)
         for sub in conn.subscriptions:
             sub.close()
         conn.close()
+        self.metrics.disconnected(conn.leave_reason or "reset")
         self._forget(conn)
         logger.debug("%r: released", conn)
 
@@ -561,7 +678,12 @@ class ChatServer:
                     return Rename.REFUSED, problem
                 renamed = redisdb.claim_name(self.rdb, self.keys, conn.id, new_name, release=conn.name_key)
             except redis.RedisError as exc:
-                logger.error("%r: rename to %r failed: %s", conn, new_name, exc)
+                self.health.report(exc, f"{conn!r}: renaming to {new_name!r}")
+                if redisdb.outcome_unknown(exc):
+                    # It may still run: the user keeps its name, and the claim
+                    # is undone by the next reconcile, or when the user leaves.
+                    conn.uncertain_names.add(p.name_key(new_name))
+                    return Rename.FAILED, "rename_timeout"
                 return Rename.FAILED, "rename_failed"
             if not renamed:
                 return Rename.REFUSED, "name_taken"
@@ -587,6 +709,7 @@ class ChatServer:
             idle_timeout=config.idle_timeout,
         )
         batch = Batch(self.rdb)
+        conn.reader = reader  # its byte count is a metric
         try:
             self._read_frames(conn, reader, batch)
         finally:
@@ -609,34 +732,46 @@ class ChatServer:
                 msg = reader.read()
             except InvalidUtf8 as exc:
                 logger.info("%r: %s", conn, exc)
+                conn.frames_by_kind[-1] += 1  # "bad"
                 if not conn.bucket.take():
                     if self.refuse_flood(conn):
                         continue
+                    conn.note_leaving("flood")
                     return
                 conn.reply_text(exc.answer)  # or a WebSocket's binary message
                 continue
             except FrameTimeout as exc:
                 logger.info("%r: %s; closing the connection", conn, exc)
+                conn.note_leaving("timeout")
                 conn.reply_text(f"timeout_{exc.kind}", seconds=f"{exc.seconds:g}")
                 return
             except FrameError as exc:
                 # Original: a negative length panicked the whole server process.
                 logger.warning("%r: %s; closing the connection", conn, exc)
+                conn.note_leaving("bad_frame")
                 conn.reply_text("frame_error", reason=exc)
                 return
             except OSError:
+                conn.note_leaving("reset")
                 return
             if msg is None:
+                conn.note_leaving("reset")  # closed without ./quit
                 return
             if not msg:
                 continue
+            if self._shutting_down.is_set():  # its user is being told goodbye, and removed
+                conn.note_leaving("shutdown")
+                return
             logger.debug("%r: received %r", conn, p.redacted(msg))
+            conn.frames_by_kind[frame_kind(msg)] += 1
             if not conn.bucket.take():
                 if self.refuse_flood(conn):
                     continue
+                conn.note_leaving("flood")
                 return
             conn.refused_in_a_row = 0
             if self.write_to_redis(conn, msg, batch) is USER_QUITS:
+                conn.note_leaving("quit")
                 return
 
     def flush(self, conn: Connection, batch: Batch) -> None:
@@ -650,11 +785,14 @@ class ChatServer:
         """
         if not len(batch):
             return
+        started = time.monotonic()
         try:
             batch.pipe.execute()
+            if batch.messages:
+                self.metrics.message_round_trip(time.monotonic() - started)
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.
-            logger.error("%r: Redis error while handling its messages: %s", conn, exc)
+            self.health.report(exc, f"{conn!r}: handling its messages")
             if not batch.messages:
                 pass  # only bookkeeping was lost (a join notice): nobody waits for an answer
             elif redisdb.outcome_unknown(exc):
@@ -697,7 +835,7 @@ class ChatServer:
         except redis.RedisError as exc:
             # Original: log.Fatalf, stopping the whole server.  Nothing of this
             # message was queued yet (handlers read before they queue): one answer.
-            logger.error("%r: Redis error while handling %r: %s", conn, p.redacted(msg), exc)
+            self.health.report(exc, f"{conn!r}: handling {p.redacted(msg)!r}")
             conn.reply_text("server_error")
             return None
 
@@ -868,26 +1006,52 @@ class ChatServer:
         """Forget the user everywhere and announce that it left."""
         self.users_remove([conn])
 
-    def users_remove(self, connections: list[Connection]) -> None:
-        """:meth:`user_remove` for many users in one round trip (shutdown: for all at once)."""
-        with contextlib.ExitStack() as stack:
-            for conn in connections:
-                stack.enter_context(conn.state_lock)
-            leaving = [conn for conn in connections if conn.in_redis]
-            if not leaving:
-                return
-            pipe = self.rdb.pipeline()
-            departures = [
-                Departure(conn.id, conn.name, system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)))
-                for conn in leaving
-            ]
-            redisdb.queue_removal(pipe, self.keys, self.server_id, departures)
-            for conn in leaving:
-                self.rooms.queue_leave_all(pipe, conn)
-            pipe.execute()
-            for conn in leaving:
-                conn.advance(State.GONE)
-                logger.info("%r: left", conn)
+    def users_remove(self, connections: list[Connection], deadline: float = float("inf")) -> int:
+        """:meth:`user_remove` for many users, a chunk per round trip; how many are left in Redis.
+
+        Each user's removal is one atomic script (redisdb.queue_removals):
+        a chunk that timed out may have run, and is simply sent again, since
+        a user already removed is neither removed nor announced twice.
+        Stops at ``deadline`` (shutdown's grace) or at a Redis failure (then
+        raises when nothing was removed, so a single leaving user's failure is
+        seen).
+        """
+        leaving = [conn for conn in connections if conn.in_redis]
+        for start in range(0, len(leaving), CLEANUP_CHUNK):
+            chunk = leaving[start : start + CLEANUP_CHUNK]
+            with contextlib.ExitStack() as stack:
+                for conn in chunk:
+                    stack.enter_context(conn.state_lock)
+                chunk = [conn for conn in chunk if conn.in_redis]
+                departures = [
+                    Departure(
+                        conn.id, conn.name,
+                        system_payload(p.CHANNEL, p.BROADCAST, self.text("left", name=conn.name)),
+                        tuple(conn.uncertain_names),
+                        self.text("room_left", name=conn.name) if conn.rooms else "",
+                    )
+                    for conn in chunk
+                ]
+                for attempt in (1, 2):
+                    pipe = self.rdb.pipeline(transaction=False)
+                    redisdb.queue_removals(
+                        pipe, self.keys, self.server_id, departures, room_history_ttl=self.config.room_history_ttl
+                    )
+                    try:
+                        pipe.execute()
+                        break
+                    except redis.RedisError as exc:
+                        self.health.report(exc, f"removing {len(chunk)} users")
+                        if attempt == 2 or not redisdb.outcome_unknown(exc) or time.monotonic() >= deadline:
+                            if len(connections) == 1:
+                                raise
+                            return sum(1 for conn in leaving if conn.in_redis)
+                for conn in chunk:
+                    conn.mark_removed()
+                    logger.info("%r: left", conn)
+            if time.monotonic() >= deadline:
+                break
+        return sum(1 for conn in leaving if conn.in_redis)
 
     def get_online_users(self) -> int:
         """How many users are online (original: HGETALL and count)."""
@@ -939,8 +1103,10 @@ def say_listening(server: ChatServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a server until SIGINT or SIGTERM (Go: ``main``)."""
+    """Run a server until SIGINT or SIGTERM (Go: ``main``); a clean stop ends the process with status 0."""
     config = parse_args(argv)
+    # Before any thread starts: it forks.
+    stop_pipe = process.start_watchdog(config.shutdown_grace + ALARM_MARGIN)
     process.raise_open_file_limit()
     # Before any thread starts: threads inherit both.
     sys.setswitchinterval(process.SWITCH_INTERVAL)
@@ -961,16 +1127,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     say_listening(server)
 
-    def stop(signum, frame):
-        threading.Thread(target=server.shutdown, name="shutdown").start()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # In a thread of its own, which needs neither the main thread nor its
+    # accept() to return; a second signal, or a stop stuck past its grace,
+    # ends the process from outside it (see process.start_watchdog).
+    process.on_stop(stop_pipe, server.shutdown)
     if server.tls is not None:
         # For the connections that come next; those open keep their session.
         signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_tls())
     server.serve_forever()
-    return 0
+    # Stopped, Redis cleaned up: the interpreter's own teardown of thousands
+    # of threads and sockets would only add seconds to the stop.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

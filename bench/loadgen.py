@@ -9,6 +9,8 @@ over a pipe, one command at a time, and every command answers with one reply:
     ("join", room_size, timeout)               client i joins room i // room_size
     ("chat", spec)                             send numbered messages, check deliveries
     ("quiet", seconds, timeout)                wait until nothing has arrived for a while
+    ("reset", count)                           reset (RST, no goodbye) the first ``count`` clients
+    ("stats",)                                 frames seen, shutdown notices, clients still open
     ("close",)                                 close every client and exit
 
 Every client reads all the time, whatever the phase, so the server never
@@ -258,6 +260,7 @@ class Worker:
         self.by_fd: dict[int, Client] = {}
         self.run: ChatRun | None = None
         self.frames = 0
+        self.shutdown_notices = 0
         self.last_frame_at = time.monotonic()
         self.errors: list[str] = []
 
@@ -308,6 +311,8 @@ class Worker:
                 c.logged_in = True
             elif c.join_reply is not None and payload == c.join_reply:
                 c.join_reply = None  # joined
+            elif payload.endswith(b":The server is shutting down\n"):
+                self.shutdown_notices += 1
         c.rest = data[pos:] if pos < end else b""
         self.frames += frames
         self.last_frame_at = time.monotonic()
@@ -370,6 +375,8 @@ class Worker:
                 c.logged_in = True
             elif c.join_reply is not None and payload == c.join_reply:
                 c.join_reply = None  # joined
+            elif payload.endswith(b":The server is shutting down\n"):
+                self.shutdown_notices += 1
         c.rest = data[pos:] if pos < end else b""
         self.frames += frames
         self.last_frame_at = time.monotonic()
@@ -497,6 +504,18 @@ class Worker:
             "errors": self.errors[-5:],
         }
 
+    def reset(self, count: int) -> dict:
+        """Close ``count`` logged-in clients with a reset (SO_LINGER 0), as a crashed client would."""
+        done = 0
+        for c in list(self.clients.values()):
+            if done >= count:
+                break
+            if c.logged_in and not c.closed:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.drop(c, "reset by the benchmark")
+                done += 1
+        return {"reset": done}
+
     def chat(self, spec: dict) -> dict:
         run = self.run = ChatRun(spec, self.clients)
         cpu0 = cpu_seconds()
@@ -550,6 +569,15 @@ class Worker:
                 conn.send(self.quiet(*args))
             elif command == "ping":
                 conn.send({"cpu": cpu_seconds(), "frames": self.frames})
+            elif command == "reset":
+                conn.send(self.reset(*args))
+            elif command == "stats":
+                self.poll(0.2)
+                conn.send({
+                    "frames": self.frames,
+                    "shutdown_notices": self.shutdown_notices,
+                    "open": sum(1 for c in self.clients.values() if not c.closed),
+                })
             else:
                 conn.send({"error": f"unknown command {command!r}"})
 

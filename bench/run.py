@@ -25,6 +25,9 @@ Scenarios (``--scenarios``, comma-separated):
             20 logins a second (--login-rate) arrive, each hashing a
             password (argon2id): the chat's latency both ways, the logins'
             own latency, and the cost of one hash.
+  fanout-metrics  fanout with --metrics-port on, scraped every second: the cost of metrics.
+  stop      N = 3,000 logged in, 150 of them reset just before SIGTERM: how long the
+            graceful stop takes, whether everyone was told, what is left in Redis.
 
 Only loopback traffic; every wait is bounded in time.
 """
@@ -152,6 +155,9 @@ class Bench:
         self.workers: list[multiprocessing.Process] = []
         self.pipes = []
         self._limits_off: list[str] | None = None
+        #: Arguments of the scenario at hand (fanout-metrics: --metrics-port).
+        self.scenario_args: list[str] = []
+        self.metrics_port = 0
         self.log = open(args.log_dir / f"server-{backend}.log", "ab")  # noqa: SIM115 - closed by close()
 
     # Redis lives as long as the backend; the server is new for every run.
@@ -219,7 +225,7 @@ class Bench:
             cmd += ["--redis-url", self.redis_url]
         if websocket:
             cmd += ["--ws-port", str(self.ws_port)]
-        cmd += self.limits_off() + self.args.server_arg
+        cmd += self.limits_off() + self.scenario_args + self.args.server_arg
         # PYTHONPATH: a server script copied elsewhere (an older variant) still imports ours.
         env = {**os.environ, "PYTHONPATH": self.pythonpath()}
         self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log)
@@ -310,6 +316,15 @@ class Bench:
         """Every logged-in client joins room index // room_size."""
         replies = self.all([("join", room_size, timeout)] * len(self.pipes), timeout + 30)
         return {"joined": sum(r["joined"] for r in replies), "errors": [e for r in replies for e in r["errors"]]}
+    def reset(self, count: int) -> int:
+        """Reset ``count`` clients, split over the workers."""
+        nw = len(self.pipes)
+        shares = [count // nw + (1 if w < count % nw else 0) for w in range(nw)]
+        return sum(r["reset"] for r in self.all([("reset", share) for share in shares], 30))
+
+    def stats(self) -> dict:
+        replies = self.all([("stats",)] * len(self.pipes), 30)
+        return {key: sum(r[key] for r in replies) for key in ("frames", "shutdown_notices", "open")}
 
     def quiet(self, seconds: float, timeout: float) -> bool:
         replies = self.all([("quiet", seconds, timeout)] * len(self.pipes), timeout + 30)
@@ -674,11 +689,75 @@ def run_logins(bench: Bench, n: int, args):
         }
         if not settle_after(bench, loaded):
             return
+def scrape_while(bench: Bench, stop_event) -> list[float]:
+    """Scrape the server's /metrics every second until ``stop_event``; the seconds each scrape took."""
+    import urllib.request
+
+    times = []
+    while not stop_event.wait(1.0):
+        t = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{bench.metrics_port}/metrics", timeout=10) as answer:
+                answer.read()
+            times.append(time.perf_counter() - t)
+        except OSError:
+            pass
+    return times
+
+
+def run_fanout_metrics(bench: Bench, n: int, args):
+    """fanout, with the metrics endpoint on and scraped every second (as Prometheus would, 15x as often)."""
+    import threading
+
+    stop_event = threading.Event()
+    scrapes: list[float] = []
+    scraper = threading.Thread(target=lambda: scrapes.extend(scrape_while(bench, stop_event)), daemon=True)
+    scraper.start()
+    try:
+        yield from run_fanout(bench, n, args)
+    finally:
+        stop_event.set()
+        scraper.join(15)
+    if scrapes:
+        print(f"  (metrics: {len(scrapes)} scrapes, median {statistics.median(scrapes) * 1000:.1f} ms)", flush=True)
+
+
+def run_stop(bench: Bench, n: int, args):
+    """N users logged in, 5 % of them reset just before SIGTERM: the graceful stop, timed."""
+    log_in_room(bench, n, args)
+    reset = bench.reset(max(1, n // 20))
+    server = bench.server
+    time.sleep(0.05)  # the resets reach the server: their leaves race the stop, as in the field
+    t = time.monotonic()
+    server.terminate()
+    try:
+        code = server.wait(60)
+    except subprocess.TimeoutExpired:
+        code = None
+    stop_s = time.monotonic() - t
+    if code is None:
+        server.kill()
+        server.wait(10)
+    bench.server = None
+    stats = bench.stats()
+    left = None
+    if bench.redis_url:
+        with redis.Redis.from_url(bench.redis_url) as client:
+            left = sum(client.hlen(key) for key in client.scan_iter("*usersOnline"))
+    yield {
+        "stop_s": stop_s if code is not None else None,
+        "exit_code": code,
+        "told": stats["shutdown_notices"],
+        "users": n - reset,
+        "left_in_redis": left,
+    }
 
 
 SCENARIOS = {
     "logins-under-load": (run_logins, "logins_sizes"),
     "fanout": (run_fanout, "sizes"),
+    "fanout-metrics": (run_fanout_metrics, "sizes"),
+    "stop": (run_stop, "stop_sizes"),
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
     "capacity": (run_capacity, "capacity_sizes"),
@@ -715,7 +794,9 @@ def summarize(scenario: str, runs: list[dict]) -> dict:
     summary["errors"] = [r["error"] for r in runs if "error" in r] + [
         e for r in good for e in r.get("errors", [])
     ][:3]
-    if scenario in ("fanout", "fixed", "websocket"):
+    if scenario == "stop":
+        summary["stop_runs"] = [r.get("stop_s") for r in good]
+    if scenario in ("fanout", "fanout-metrics", "fixed", "websocket"):
         summary["rates"] = [r.get("rate") for r in good]
         # Correctness is summed over the runs, not a median: every one must be 0.
         for key in ("lost", "duplicated", "reordered", "misattributed"):
@@ -732,14 +813,16 @@ def print_tables(results: dict, out=sys.stdout) -> None:
     by = {}
     for (scenario, backend, n), summary in results.items():
         by.setdefault(scenario, []).append((backend, n, summary))
-    if "fanout" in by:
-        p("\n## Fan-out (10 senders x 200 messages, window 16) - medians")
+    for scenario, title in (("fanout", ""), ("fanout-metrics", ", metrics on and scraped every second")):
+        if scenario not in by:
+            continue
+        p(f"\n## Fan-out (10 senders x 200 messages, window 16{title}) - medians")
         p(
             "| backend | N | deliveries/s | runs (deliveries/s) | p50 ms | p99 ms | max ms | lost/dup/reord/misattr "
             "| server CPU | redis CPU | loadgen CPU | ctxsw/delivery | server CPU ms/message |"
         )
         p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
-        for backend, n, s in by["fanout"]:
+        for backend, n, s in by[scenario]:
             runs = " / ".join(fmt(r, "{:,.0f}") for r in s.get("rates", []))
             p(
                 f"| {backend} | {n} | {fmt(s.get('rate'), '{:,.0f}')} | {runs} | {fmt(s.get('p50_ms'))} "
@@ -833,6 +916,17 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {fmt(s.get('lost'), '{:.0f}')} | {fmt(pct(s.get('alone_server_cpu')), '{:.0f}%')} "
                 f"| {fmt(pct(s.get('server_cpu')), '{:.0f}%')} |{flag(s, backend + ' N=' + str(n))}"
             )
+    if "stop" in by:
+        p("\n## Graceful stop (SIGTERM with N users, 5 % of them reset just before) - medians")
+        p("| backend | N | stop s | runs (s) | users told | users left in Redis | exit code |")
+        p("|---|---:|---:|---|---:|---:|---:|")
+        for backend, n, s in by["stop"]:
+            runs = " / ".join(fmt(r, "{:.1f}") for r in s.get("stop_runs", []))
+            p(
+                f"| {backend} | {n} | {fmt(s.get('stop_s'))} | {runs} | {fmt(s.get('told'), '{:.0f}')} of "
+                f"{fmt(s.get('users'), '{:.0f}')} | {fmt(s.get('left_in_redis'), '{:.0f}')} "
+                f"| {fmt(s.get('exit_code'), '{:.0f}')} |{flag(s, backend + ' N=' + str(n))}"
+            )
     if NOTES:
         p()
     for i, note in enumerate(NOTES, start=1):
@@ -905,6 +999,10 @@ def report(scenario: str, backend: str, n: int, run: int, result: dict, t: float
             "logins_per_s",
             "login_p50_ms",
             "alone_p50_ms",
+            "stop_s",
+            "told",
+            "left_in_redis",
+            "exit_code",
         )
     }
     print(
@@ -918,7 +1016,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenarios", default="fanout,fixed,rtt,capacity,websocket")
+    parser.add_argument("--scenarios", default="fanout,fanout-metrics,fixed,rtt,capacity,rooms,websocket,logins-under-load,stop")
     parser.add_argument("--backends", default="real,embedded", help="real (redis-server) and/or embedded")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 run, smaller sizes: a smoke test")
@@ -931,6 +1029,7 @@ def parse_args(argv=None):
     parser.add_argument("--room-size", type=int, default=10, help="members of each room in the rooms scenario")
     parser.add_argument("--logins-sizes", default="200", help="room sizes of logins-under-load")
     parser.add_argument("--login-rate", type=float, default=20.0, help="logins a second, logins-under-load")
+    parser.add_argument("--stop-sizes", default="3000", help="users connected when the stop scenario sends SIGTERM")
     parser.add_argument(
         "--embedded-sizes",
         default="50,200",
@@ -975,6 +1074,7 @@ def parse_args(argv=None):
         args.websocket_sizes = "50"
         args.rooms_sizes = "200"
         args.logins_sizes = "50"
+        args.stop_sizes = "500"
         args.fixed_seconds = 5.0
     return args
 
@@ -1024,15 +1124,17 @@ def main(argv=None) -> int:
             for scenario in scenarios:
                 func, sizes_attr = SCENARIOS[scenario]
                 sizes_text = getattr(args, sizes_attr)
-                if scenario == "fanout" and backend == "embedded" and args.embedded_sizes:
+                if scenario.startswith("fanout") and backend == "embedded" and args.embedded_sizes:
                     sizes_text = args.embedded_sizes
                 for n in [int(x) for x in sizes_text.split(",") if x]:
                     runs = []
                     # Capacity measures logging in, so each run needs a fresh server;
                     # the others log in once and measure ``runs`` times in that room.
-                    servers = args.runs if scenario == "capacity" else 1
+                    servers = args.runs if scenario in ("capacity", "stop") else 1
                     for _ in range(servers):
                         t = time.monotonic()
+                        bench.metrics_port = free_port() if scenario == "fanout-metrics" else 0
+                        bench.scenario_args = ["--metrics-port", str(bench.metrics_port)] if bench.metrics_port else []
                         bench.start_server()
                         try:
                             for result in func(bench, n, args):

@@ -6,7 +6,7 @@ in the Go file's order; it calls into this package for the machinery:
     config      the settings (:class:`~chatroom.config.Config`): defaults, ranges,
                 the command line and environment variables generated from them
     process     what belongs to the whole process: CPU pinning, the open-file
-                limit, the GIL switch interval
+                limit, the GIL switch interval, the stop signals' watchdog
     connection  one chat client: its socket, state, send lock and send path,
                 flood control, the replies that go straight to its socket
     redisdb     the Redis adapter: connecting, key names, the Lua scripts beside
@@ -28,6 +28,7 @@ in the Go file's order; it calls into this package for the machinery:
     admin       the admin command line (``chatroom-admin``)
     client_identity  the client's side of accounts, moderation and TLS
     websocket   the browsers' front door: the page (static/) at /, the chat at /ws
+    metrics     Prometheus metrics, /healthz and /readyz
 
 Imports flow one way: ``framing`` and ``protocol`` import nothing of the
 project; this package imports them and itself, never ``server`` or

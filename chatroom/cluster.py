@@ -31,6 +31,9 @@ logger = logging.getLogger("chatroom.server")
 
 #: Seconds between heartbeats while Redis is away: users are told it is back from there.
 OUTAGE_RETRY = 0.2
+#: The same kind of Redis failure is logged at most once in this many seconds
+#: (with how many were left out), however many users meet it.
+ERROR_LOG_INTERVAL = 60.0
 
 
 class RedisHealth:
@@ -41,9 +44,15 @@ class RedisHealth:
     gives the connections to tell.
     """
 
-    def __init__(self, rdb: redis.Redis, local_connections: Callable[[], list[Connection]]) -> None:
+    def __init__(self, rdb: redis.Redis, local_connections: Callable[[], list[Connection]], metrics=None) -> None:
         self.rdb = rdb
         self.local_connections = local_connections
+        #: Where failures are counted (chatroom.metrics; its NO_METRICS when off).
+        self.metrics = metrics
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, left out since)
+        #: Called with the new run id when the heartbeat finds another Redis
+        #: (a failover, a restart): the server moves its subscriptions there.
+        self.on_new_redis: Callable[[str], None] | None = None
         #: The run id Redis had at the last heartbeat (the listeners' reference).
         self.run_id: str | None = None
         self.down = False
@@ -62,6 +71,36 @@ class RedisHealth:
     def current_run_id(self) -> str | None:
         """Redis's run id now (it changes when Redis restarts), or None if unreachable."""
         return redisdb.current_run_id(self.rdb)
+
+    def report(self, exc: BaseException, context: str) -> None:
+        """A Redis command failed for one user (``context`` says whose and what): count it, log it once.
+
+        The affected user is answered by the caller.  A refusal (out of
+        memory, read-only) is said once until Redis accepts writes again; an
+        outage is said by the heartbeat; any other kind at most once per
+        :data:`ERROR_LOG_INTERVAL`.  A timeout leaves Redis's state unknown
+        (the command may still run), so the next heartbeat reconciles.
+        """
+        kind = redisdb.error_kind(exc)
+        if self.metrics is not None:
+            self.metrics.redis_error(kind)
+        if kind == "timeout":
+            self.reconcile_needed.set()
+        if kind in ("read_only", "out_of_memory") and isinstance(exc, redis.ResponseError):
+            self.note_refusing(exc)
+            return
+        if kind in ("connection", "timeout") and self.down:
+            logger.debug("%s: %s", context, exc)
+            return
+        now = time.monotonic()
+        with self._lock:
+            last, left_out = self._logged.get(kind, (None, 0))
+            if last is not None and now - last < ERROR_LOG_INTERVAL:
+                self._logged[kind] = (last, left_out + 1)
+                return
+            self._logged[kind] = (now, 0)
+        more = f" ({left_out} more like it in the last {now - last:.0f} s)" if left_out else ""
+        logger.error("%s: Redis error: %s%s", context, exc, more)
 
     @contextlib.contextmanager
     def resubscribing(self):
@@ -137,12 +176,38 @@ class RedisHealth:
                 conn.send_payload(system_payload(p.INDIVIDUAL, conn.name, conn.text(key)))
 
 
+#: The lease on a dead server's cleanup: taken with SET NX, renewed while the
+#: work goes on, released when done.  A survivor that dies while cleaning
+#: stops renewing it, and once it expires another survivor takes the work over.
+_FINISH_CLEANUP = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('SCARD', KEYS[3]) > 0 then
+  return 0
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[2] then
+  redis.call('DEL', KEYS[4])
+end
+return 1
+"""
+
+#: Users removed per round trip while cleaning up after a process (our own
+#: previous run, or shutdown without a rate).
+CLEANUP_CHUNK = 200
+
+
 class Membership:
     """This process among the servers sharing one Redis.
 
     Handed what it needs: the client, key names, settings, the Redis health,
     the local users and the server's stop event.  ``server_id`` is set by the
     server once it knows its port.
+
+    A dead process stays in ``servers`` until its last user is removed: its
+    id is the work list.  A survivor holds a lease (``cleanup:<id>``, expiring
+    after ``--dead-after``) while it removes the users one atomic script each
+    (:func:`~chatroom.redisdb.queue_removals`); if it dies midway, another
+    survivor takes the lease over once it expires and finishes the job, and
+    no user is announced twice.
     """
 
     def __init__(
@@ -162,6 +227,8 @@ class Membership:
         self.stopping = stopping
         self.server_id = config.server_id or ""
         self._thread: threading.Thread | None = None
+        self._reaper: threading.Thread | None = None
+        self._next_beat = 0.0
 
     def left_notice(self, name: str) -> bytes:
         """The broadcast payload that says ``name`` left, in the server's language."""
@@ -170,10 +237,10 @@ class Membership:
     def join(self) -> None:
         """Join the servers on this Redis, after cleaning up our own previous run (Go: ``init``)."""
         self.health.run_id = self.health.current_run_id()
-        # Claimed like a dead server's, so a survivor reaping it meanwhile and
-        # this process never both announce the same users.
-        if self.rdb.srem(self.keys.servers, self.server_id):
-            self.cleanup_server(self.server_id)
+        # Before the first heartbeat: a survivor reaping our previous run
+        # meanwhile removes only users our set lists while no heartbeat of
+        # ours lives, and the removal script announces each user once.
+        self.cleanup_server(self.server_id, reaping=False)
         self.heartbeat()
 
     def start(self) -> None:
@@ -182,21 +249,31 @@ class Membership:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        """Wake the heartbeat thread (the stop event is set) and wait for it."""
+        """Wake the heartbeat thread (the stop event is set) and wait for it and the reaper."""
         self.health.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in (self._thread, self._reaper):
+            if thread is not None and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def heartbeat_loop(self) -> None:
-        """Every dead_after / 3 seconds: heartbeat, reconcile after trouble, reap the dead."""
+        """Every dead_after / 3 seconds: heartbeat, reconcile after trouble, reap the dead.
+
+        On a fixed rhythm (each beat is due one interval after the last one
+        was due, however long it took), so a slow Redis does not stretch it.
+        """
         interval = self.config.dead_after / 3
         health = self.health
+        self._next_beat = time.monotonic() + interval
         while not self.stopping.is_set():
             # While Redis is down, retry often: the users are told it is back from here.
-            health.wake.wait(OUTAGE_RETRY if health.down else interval)
+            period = OUTAGE_RETRY if health.down else interval
+            health.wake.wait(max(0.0, min(self._next_beat, time.monotonic() + period) - time.monotonic()))
             health.wake.clear()
             if self.stopping.is_set():
                 break
+            now = time.monotonic()
+            self._next_beat = max(self._next_beat + period, now) if now >= self._next_beat else self._next_beat
             try:
                 self.heartbeat()
                 self.reap_dead_servers()
@@ -212,10 +289,11 @@ class Membership:
                 health.note_accepting()
 
     def heartbeat(self) -> None:
-        """Say this process is alive; re-register its users if Redis lost them."""
+        """Say this process is alive; re-register its users if Redis lost or doubted them."""
         keys = self.keys
         health = self.health
         expiry = int(self.config.dead_after * 1000)
+        redisdb.follow_master(self.rdb)
         pipe = self.rdb.pipeline()
         pipe.set(keys.server_alive(self.server_id), "alive", px=expiry)
         pipe.sadd(keys.servers, self.server_id)
@@ -226,22 +304,39 @@ class Membership:
             # heartbeat alive, or the other processes would reap our users.
             self.rdb.pexpire(keys.server_alive(self.server_id), expiry)
             raise
+        run_id = health.current_run_id()
         # A missing registration (Redis restarted without its data, or we were
-        # taken for dead) or a past outage: make Redis agree with our sockets.
-        if (added and health.run_id is not None) or health.reconcile_needed.is_set():
-            self.reconcile()
-            health.reconcile_needed.clear()  # only now: a failed reconcile is tried again
-        health.run_id = health.current_run_id()
+        # taken for dead), another Redis (a Sentinel failover, a restart), or
+        # a past outage or timeout: make Redis agree with our sockets.
+        changed = run_id is not None and health.run_id is not None and run_id != health.run_id
+        if changed:
+            logger.warning("Redis changed (run id %s, was %s): following it", run_id, health.run_id)
+            redisdb.forget_connections(self.rdb)  # none of them may still talk to the old one
+            if health.on_new_redis is not None:
+                health.on_new_redis(run_id)
+        if (added and health.run_id is not None) or changed or health.reconcile_needed.is_set():
+            health.reconcile_needed.clear()  # before: trouble during the reconcile asks for another
+            try:
+                self.reconcile()
+            except BaseException:
+                health.reconcile_needed.set()
+                raise
+        if run_id is not None:
+            health.run_id = run_id
         if health.listeners_back:
             health.note_up()
 
     def reconcile(self) -> None:
         """Register every local user Redis does not know, remove every one it wrongly keeps."""
         keys = self.keys
-        registered = {uid.decode() for uid in self.rdb.smembers(keys.server_users(self.server_id))}
+        # The local users before Redis's list, and again after: a user who
+        # registered in between is in the list without being a ghost (nor
+        # must it be taken for an id given to someone else).
         local = {conn.id: conn for conn in self.local_users() if conn.in_redis}
-        for user_id in registered - local.keys():
-            self.remove_user_record(user_id, self.server_id)
+        registered = {uid.decode() for uid in self.rdb.smembers(keys.server_users(self.server_id))}
+        ghosts = registered - local.keys() - {conn.id for conn in self.local_users() if conn.id}
+        if ghosts:
+            self._remove_records(sorted(ghosts), self.server_id, reaping=False)  # announced, as they left
         top = int(self.rdb.get(keys.next_user_id) or 0)
         highest = max((int(uid) for uid in local), default=0)
         if top < highest:  # Redis lost the counter: never hand out a live id again
@@ -250,7 +345,7 @@ class Membership:
             with conn.state_lock:
                 if conn.in_redis:
                     self._register_again(conn, conn.id in registered)
-        logger.info("reconciled %d local users with Redis", len(local))
+        logger.info("reconciled %d local users with Redis (%d stale records removed)", len(local), len(ghosts))
 
     def _register_again(self, conn: Connection, still_registered: bool) -> None:
         """Put one local user back into Redis after Redis lost or doubted it."""
@@ -269,18 +364,27 @@ class Membership:
             conn.name = p.guest_name(conn.id)
             conn.name_key = p.name_key(conn.name)
             conn.reply(p.join_message(p.INDIVIDUAL, conn.name, p.CHANGE_NAME_OK, conn.name))
+        # Claims whose answer never came (a timeout) may have been made: free
+        # each one this user holds and does not go by.
+        stray = {key: conn.id for key in conn.uncertain_names if key != conn.name_key}
         pipe = self.rdb.pipeline()
         pipe.hset(keys.users_name, conn.id, conn.name)
         pipe.zadd(keys.activity_ranking, {conn.id: conn.activity}, gt=True)
         pipe.sadd(keys.server_users(self.server_id), conn.id)
         rooms.queue_register_again(pipe, keys, conn)
+        if stray:
+            redisdb.release_names(pipe, keys, stray)
         pipe.execute()
+        conn.uncertain_names.clear()
 
     def reap_dead_servers(self) -> None:
-        """Remove the users of every server process whose heartbeat expired.
+        """Start removing the users of every server process whose heartbeat expired.
 
-        SREM decides which survivor does it, so each user is announced once.
+        In a thread of its own, so that our heartbeat keeps its rhythm
+        however long the cleanup takes; one cleanup at a time.
         """
+        if self._reaper is not None and self._reaper.is_alive():
+            return
         keys = self.keys
         others = [sid.decode() for sid in self.rdb.smembers(keys.servers) if sid.decode() != self.server_id]
         if not others:
@@ -288,51 +392,109 @@ class Membership:
         pipe = self.rdb.pipeline(transaction=False)
         for server_id in others:
             pipe.exists(keys.server_alive(server_id))
-        for server_id, alive in zip(others, pipe.execute()):
-            if not alive and self._claim_dead_server(server_id):
-                logger.warning("server %s is dead: removing its users", server_id)
-                self.cleanup_server(server_id)
+            pipe.exists(keys.server_cleanup(server_id))
+        answers = pipe.execute()
+        dead = [sid for sid, alive, leased in zip(others, answers[::2], answers[1::2]) if not alive and not leased]
+        if dead:
+            self._reaper = threading.Thread(target=self._reap, args=(dead,), name="reaper", daemon=True)
+            self._reaper.start()
 
-    def _claim_dead_server(self, server_id: str) -> bool:
-        """Take a dead server off the list, unless it came back meanwhile; True: ours to clean."""
-        keys = self.keys
-        with self.rdb.pipeline() as pipe:
+    def _reap(self, dead: list[str]) -> None:
+        for server_id in dead:
+            if self.stopping.is_set():
+                return
             try:
-                pipe.watch(keys.server_alive(server_id))
-                if pipe.exists(keys.server_alive(server_id)):
-                    return False
-                pipe.multi()
-                pipe.srem(keys.servers, server_id)
-                (removed,) = pipe.execute()
-                return bool(removed)
-            except redis.WatchError:
-                return False  # its heartbeat came back
+                if self._take_lease(server_id):
+                    logger.warning("server %s is dead: removing its users", server_id)
+                    self.cleanup_server(server_id, reaping=True)
+            except (redis.RedisError, OSError) as exc:
+                # The lease expires and the next heartbeat (ours or another
+                # survivor's) takes the work up where it stopped.
+                logger.warning("cleanup of server %s interrupted: %s", server_id, exc)
+                return
 
-    def cleanup_server(self, server_id: str) -> None:
-        """Remove and announce every user a (dead or previous) process left behind."""
-        for user_id in self.rdb.smembers(self.keys.server_users(server_id)):
-            self.remove_user_record(user_id.decode(), server_id)
-        self.rdb.delete(self.keys.server_users(server_id))
+    def _take_lease(self, server_id: str) -> bool:
+        """Take the cleanup of a dead server unless another survivor holds it; True: ours."""
+        keys = self.keys
+        expiry = int(self.config.dead_after * 1000)
+        if not self.rdb.set(keys.server_cleanup(server_id), self.server_id, nx=True, px=expiry):
+            return False
+        if self.rdb.exists(keys.server_alive(server_id)):  # it came back meanwhile
+            self.rdb.delete(keys.server_cleanup(server_id))
+            return False
+        return True
 
-    def remove_user_record(self, user_id: str, server_id: str) -> None:
-        """Forget a user that is not connected here, and announce that it left."""
-        name = self.rdb.hget(self.keys.users_name, user_id)
-        name = name.decode() if name is not None else None
-        pipe = self.rdb.pipeline()
-        departure = Departure(user_id, name or "", self.left_notice(name) if name is not None else None)
-        redisdb.queue_removal(pipe, self.keys, server_id, [departure])
-        config = self.config
-        rooms.queue_leave_all(pipe, self.keys, user_id, name or user_id, config.lang, int(config.room_history_ttl))
-        pipe.execute()
-        logger.info("removed user %s (%s) of server %s", user_id, name, server_id)
+    def cleanup_server(self, server_id: str, *, reaping: bool) -> None:
+        """Remove and announce every user a (dead or previous) process left behind.
+
+        ``reaping``: another process's users, under our lease, at
+        ``--reap-rate`` users a second; the work ends by taking its id off
+        ``servers``.  Otherwise our own previous run's, at once.
+        """
+        keys = self.keys
+        rate = self.config.reap_rate if reaping else 0
+        chunk = max(1, int(rate / 10)) if rate else CLEANUP_CHUNK
+        expiry = int(self.config.dead_after * 1000)
+        removed = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            ids = [uid.decode() for uid in self.rdb.srandmember(keys.server_users(server_id), chunk)]
+            if not ids:
+                break
+            results = self._remove_records(ids, server_id, reaping=reaping)
+            removed += results.count(1)
+            if -1 in results:
+                logger.warning("server %s is alive again: its cleanup stops", server_id)
+                return
+            if reaping:
+                self.rdb.set(keys.server_cleanup(server_id), self.server_id, xx=True, px=expiry)
+            if rate:
+                time.sleep(max(0.0, len(ids) / rate - (time.monotonic() - started)))
+        if self.stopping.is_set():
+            return  # the rest is the next survivor's (its lease expires)
+        if reaping:
+            self.rdb.eval(
+                _FINISH_CLEANUP, 4, keys.servers, keys.server_alive(server_id), keys.server_users(server_id),
+                keys.server_cleanup(server_id), server_id, self.server_id,
+            )
+        if removed:
+            logger.info("removed %d users of server %s", removed, server_id)
+
+    def _remove_records(self, user_ids: list[str], server_id: str, *, reaping: bool) -> list[int]:
+        """Forget users that are not connected here, announcing each that was still online.
+
+        One answer per user: 1 removed (and announced) by this call, 0 gone
+        already, -1 refused (its server is alive again).
+        """
+        names = [name.decode() if name else None for name in self.rdb.hmget(self.keys.users_name, user_ids)]
+        lang = self.config.lang
+        departures = [
+            Departure(
+                uid, name or "", self.left_notice(name) if name else None, (),
+                p.text(lang, "room_left", name=name or p.guest_name(uid)),
+            )
+            for uid, name in zip(user_ids, names)
+        ]
+        pipe = self.rdb.pipeline(transaction=False)
+        redisdb.queue_removals(
+            pipe, self.keys, server_id, departures, reaping=reaping, room_history_ttl=self.config.room_history_ttl
+        )
+        return [int(result) for result in pipe.execute()]
 
     def unregister(self) -> None:
-        """Leave the servers on this Redis (graceful shutdown)."""
+        """Leave the servers on this Redis (graceful shutdown).
+
+        The heartbeat goes at once; the id leaves ``servers`` only if none of
+        our users is left in Redis.  Otherwise (a stop cut short) the
+        survivors clean up the rest as after a crash, starting with their
+        next heartbeat.
+        """
         keys = self.keys
         try:
-            pipe = self.rdb.pipeline()
-            pipe.srem(keys.servers, self.server_id)
-            pipe.delete(keys.server_alive(self.server_id), keys.server_users(self.server_id))
-            pipe.execute()
+            self.rdb.delete(keys.server_alive(self.server_id))
+            self.rdb.eval(
+                _FINISH_CLEANUP, 4, keys.servers, keys.server_alive(self.server_id),
+                keys.server_users(self.server_id), keys.server_cleanup(self.server_id), self.server_id, self.server_id,
+            )
         except (redis.RedisError, OSError) as exc:
             logger.warning("could not unregister from Redis: %s", exc)

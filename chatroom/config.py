@@ -266,6 +266,28 @@ class Config:
         15.0, "seconds without a heartbeat after which a server is dead (at least 0.3)",
         convert=_number(float, 0.3, 86400),
     )
+    #: Users of a dead process a survivor removes (and announces) per second:
+    #: every leave notice wakes every listener of every process, so thousands at
+    #: once would stall the survivors' rooms.  0 = as fast as Redis goes.
+    reap_rate: float = setting(
+        1000.0, "users of a dead server removed and announced per second (0: as fast as possible)",
+        convert=_number(float, 0), metavar="PER_S",
+    )
+    #: The longest a graceful stop (SIGTERM, SIGINT) takes: past it the process
+    #: exits, and what it left in Redis is cleaned up as after a crash.
+    shutdown_grace: float = setting(
+        10.0, "seconds a graceful stop may take before the process exits anyway (at least 1)",
+        convert=_number(float, 1, 3600),
+    )
+    #: Prometheus metrics and the health endpoints (/metrics, /healthz, /readyz); 0 = off.
+    metrics_port: int = setting(
+        0, "port of the Prometheus metrics and the /healthz and /readyz endpoints (0: off)",
+        env="CHATROOM_METRICS_PORT", convert=_number(int, 0, 65535),
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", "address of the metrics endpoint (the default keeps it off the public network)",
+        env="CHATROOM_METRICS_HOST",
+    )
     #: Seconds a busy pub/sub listener waits for more messages before it wakes (0 = never):
     #: fewer thread wake-ups per delivery, for at most this much latency ...
     listener_linger: float = setting(0.01, "seconds a busy listener lingers", flag=False,

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatroom.server")
 
+#: How many kinds of frame chatroom.metrics counts, and the slots of a
+#: listener's wake-up histogram (kept in step with chatroom.metrics, which checks).
+FRAME_KIND_COUNT = 14
+WAKEUP_SLOTS = 11
+
 #: Largest single socket write: whole frames only, within the Go client's
 #: read buffer (it decodes only a frame that lies inside one read).
 WRITE_LIMIT = GO_READ_BUFFER
@@ -121,6 +126,8 @@ class Connection:
         self.state_lock = threading.Lock()
         self._state = State.ACCEPTED
         self._state_guard = threading.Lock()
+        #: Its records left Redis (see mark_removed).
+        self.removed = False
         self.id = ""
         self.name = ""
         self.name_key = ""
@@ -145,6 +152,35 @@ class Connection:
         self.sub_lock = threading.Lock()
         #: Channels whose (un)subscription the reader awaits -> set by the listener on Redis's confirmation.
         self.awaited: dict[bytes, threading.Event] = {}
+        #: Names (``name_key`` form) this user may hold in Redis besides its own:
+        #: claims whose answer never came.  Freed when it leaves or at a reconcile.
+        self.uncertain_names: set[str] = set()
+        #: The Redis run id each subscription (broadcast, personal) was made under.
+        self.subscribed_under: list[str | None] = [None, None]
+        #: The payload that tells this user the server is stopping, once a stop began:
+        #: its personal listener ends the connection after forwarding it.
+        self.farewell: bytes | None = None
+        #: Why the connection ended, once known (a ``chatroom.metrics`` reason).
+        self.leave_reason: str | None = None
+        # What chatroom.metrics adds up at scrape time; plain integers, each
+        # written by the threads that own it (the reader; whoever holds the send lock).
+        self.frames_by_kind = [0] * FRAME_KIND_COUNT
+        self.payloads_sent = 0
+        self.bytes_sent = 0
+        #: The reader of the client's payloads, once reading (its byte count is a metric).
+        self.reader = None
+        #: Per listener (broadcast, personal): wake-ups by payloads carried (see chatroom.metrics).
+        self.wakeups = ([0] * WAKEUP_SLOTS, [0] * WAKEUP_SLOTS)
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received from the client so far."""
+        return getattr(self.reader, "bytes_read", 0)
+
+    def note_leaving(self, reason: str) -> None:
+        """Record why the connection ends; the first reason given stands."""
+        if self.leave_reason is None:
+            self.leave_reason = reason
 
     def __repr__(self) -> str:
         return f"<Connection {self.id or '?'} {self.name!r} {self.address[0]}:{self.address[1]}>"
@@ -181,7 +217,13 @@ class Connection:
     @property
     def in_redis(self) -> bool:
         """True while Redis holds this user's records and they are ours to remove."""
-        return bool(self.id) and self._state < State.GONE
+        return bool(self.id) and self._state < State.GONE and not self.removed
+
+    def mark_removed(self) -> None:
+        """Its records left Redis; a connection still alive (a stop telling it goodbye) stays so."""
+        self.removed = True
+        if not self.alive:
+            self.advance(State.GONE)
 
     @property
     def listener_threads(self) -> list[threading.Thread]:
@@ -209,8 +251,9 @@ class Connection:
         reading) closes the socket, which wakes the reader thread so that the
         whole connection is cleaned up.
         """
-        writes, chunk, size = [], [], 0
+        writes, chunk, size, count = [], [], 0, 0
         for payload in payloads:
+            count += 1
             frame = encode_bytes(payload + b"\n")
             if chunk and size + len(frame) > WRITE_LIMIT:
                 writes.append(b"".join(chunk))
@@ -225,9 +268,13 @@ class Connection:
             try:
                 for data in writes:
                     self.sock.sendall(data)
+                    self.bytes_sent += len(data)
+                self.payloads_sent += count
                 return True
             except OSError as exc:
                 logger.info("%r: send failed (%s); dropping the client", self, exc)
+                # SO_SNDTIMEO ran out: a client that stopped reading.
+                self.note_leaving("slow_reader" if isinstance(exc, (TimeoutError, BlockingIOError)) else "reset")
                 self.advance(State.LEAVING)
         self.shutdown_socket()
         return False

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from chatroom import redisdb
-from chatroom.connection import Connection
+from chatroom.connection import Connection, State
 
 if TYPE_CHECKING:
     from chatroom.cluster import RedisHealth
@@ -136,13 +136,16 @@ class ListenerEngine:
     def forward(self, conn: Connection, sub: redis.client.PubSub, kind: str) -> None:
         """Drain one subscription into the socket until unsubscribed or the client leaves."""
         health = self.health
-        subscribed_under = health.run_id
+        personal = kind == "personal"
+        index = 1 if personal else 0
+        subscribed_under = conn.subscribed_under[index] = health.run_id
+        wakeups = conn.wakeups[index]
         while conn.alive:
             try:
-                self._drain(conn, sub)
+                self._drain(conn, sub, wakeups, personal)
                 break
             except (redis.RedisError, OSError) as exc:
-                if not conn.alive:
+                if not conn.alive or self.stopping.is_set():
                     break
                 run_id = health.current_run_id()
                 if run_id is not None and run_id == subscribed_under:
@@ -153,13 +156,15 @@ class ListenerEngine:
                     break
                 # Redis is down or restarted: keep the client, subscribe again once it is back.
                 logger.warning("%r: %s subscription lost (%s); resubscribing", conn, kind, exc)
+                conn.subscribed_under[index] = None  # follow() must not cut the one being made
                 with health.resubscribing():
                     if not self.resubscribe(conn, sub):
                         break
-                    subscribed_under = health.current_run_id()
+                    subscribed_under = conn.subscribed_under[index] = health.current_run_id()
+                health.metrics.resubscribed()
         logger.debug("%r: %s listener ended", conn, kind)
 
-    def _drain(self, conn: Connection, sub: redis.client.PubSub) -> None:
+    def _drain(self, conn: Connection, sub: redis.client.PubSub, wakeups: list[int], personal: bool) -> None:
         """Forward messages until unsubscribed; raises when the pub/sub connection breaks.
 
         With hiredis the listener reads its socket itself (:meth:`_drain_raw`);
@@ -170,13 +175,16 @@ class ListenerEngine:
         pub/sub connection (``can_read(0)`` only says whether a reply has
         started; the blocking read that follows waits for the rest of it, so
         a partial reply is never mistaken for an error) and sends them
-        together: one wake-up and one send for many deliveries.
+        together: one wake-up and one send for many deliveries.  ``wakeups``
+        counts the wake-ups by payloads carried (see :mod:`chatroom.metrics`).
+        During a stop, see :meth:`ends_with_the_stop`.
         """
         redis_conn = sub.connection
         raw = redisdb.raw_pubsub_socket(redis_conn)
         if raw is not None:
-            self._drain_raw(conn, sub, raw)
+            self._drain_raw(conn, sub, raw, wakeups, personal)
             return
+        stopping = self.stopping
         while sub.subscribed:
             payloads = []
             response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
@@ -191,10 +199,22 @@ class ListenerEngine:
                 if len(payloads) >= DRAIN_LIMIT or not redis_conn.can_read(timeout=0):
                     break
                 response = redis_conn.read_response(timeout=None, disconnect_on_error=False, push_request=True)
-            if payloads and not conn.send_payloads(payloads):
-                return
+            if payloads:
+                if stopping.is_set() and self.ends_with_the_stop(conn, payloads, personal):
+                    return
+                wakeups[len(payloads).bit_length()] += 1
+                wakeups[0] += len(payloads)
+                if not conn.send_payloads(payloads):
+                    return
 
-    def _drain_raw(self, conn: Connection, sub: redis.client.PubSub, raw: redisdb.RawPubSubSocket) -> None:
+    def _drain_raw(
+        self,
+        conn: Connection,
+        sub: redis.client.PubSub,
+        raw: redisdb.RawPubSubSocket,
+        wakeups: list[int],
+        personal: bool,
+    ) -> None:
         """The fast drain: this thread alone reads the pub/sub socket, through hiredis.
 
         One blocking ``recv`` per wake-up takes every byte Redis has written
@@ -230,6 +250,7 @@ class ListenerEngine:
         lingering = 0.0  # seconds to gather messages before the next read; 0: block until one comes
         sleep = time.sleep
         monotonic = time.monotonic
+        stopping = self.stopping
         last_wake = 0.0
         received = 0
         while sub.subscribed:
@@ -248,9 +269,14 @@ class ListenerEngine:
                     payloads = []
                     self._confirmed(conn, sub, response)
             if payloads:
+                if stopping.is_set() and self.ends_with_the_stop(conn, payloads, personal):
+                    return
+                count = len(payloads)
+                wakeups[count.bit_length()] += 1
+                wakeups[0] += count
                 if not conn.send_payloads(payloads):
                     return
-                if len(payloads) >= DRAIN_LIMIT:
+                if count >= DRAIN_LIMIT:
                     continue  # more whole replies may be parsed already
             if not sub.subscribed:
                 return
@@ -275,6 +301,50 @@ class ListenerEngine:
             if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
                 lingering = seconds
             last_wake = now
+
+    def follow(self, run_id: str, connections: list[Connection]) -> int:
+        """Move every subscription made on another Redis than ``run_id`` to this one; how many.
+
+        After a Sentinel failover the demoted master still serves the
+        subscriptions made on it (and PUBLISH, which replicas accept), but
+        what is published on the new master reaches them only while it is
+        replicated there: each is cut, and its listener subscribes again,
+        which finds the new master, as after a Redis restart.
+        """
+        moved = 0
+        for conn in connections:
+            for index, sub in enumerate((conn.broadcast_sub, conn.personal_sub)):
+                under = conn.subscribed_under[index]
+                if sub is not None and under is not None and under != run_id:
+                    redisdb.end_subscription(sub)
+                    moved += 1
+        return moved
+
+    def ends_with_the_stop(self, conn: Connection, payloads: list[bytes], personal: bool) -> bool:
+        """During a graceful stop: whether this wake-up is the listener's last.
+
+        The stop tells every user through its own personal channel (one
+        round trip for the stopping thread, whatever the crowd), so the
+        telling and the leaving run in the users' own threads.  A personal
+        listener forwards up to its user's farewell, then ends the whole
+        connection: both subscriptions cut (no leave notice of ours wakes it
+        again), the socket shut (its reader then removes the user).  A
+        broadcast listener ends at its first wake-up: what the room says
+        now would only reach a user about to be told goodbye.
+        """
+        if not personal:
+            return True
+        farewell = conn.farewell
+        if farewell is None or farewell not in payloads:
+            return False
+        conn.send_payloads(payloads[: payloads.index(farewell) + 1])
+        conn.note_leaving("shutdown")
+        conn.advance(State.LEAVING)
+        conn.gone.set()
+        for sub in conn.subscriptions:
+            redisdb.end_subscription(sub)
+        conn.shutdown_socket()
+        return True
 
     def linger_seconds(self) -> float:
         """How long a busy listener lingers now (0: never).

@@ -625,6 +625,7 @@ class Moderation:
     @staticmethod
     def _close(conn: Connection, text: str) -> None:
         """Tell a user why, then disconnect them (their reader then removes and announces them)."""
+        conn.note_leaving("kicked")  # a ban too: the metrics count both as an operator's removal
         conn.reply_system(text)
         conn.shutdown_socket()
 

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable
 
 logger = logging.getLogger("chatroom.server")
 
@@ -72,3 +78,104 @@ def spare_cpus() -> set[int] | None:
     passwords): on another CPU they leave the chat's to the chat.
     """
     return set(_spare_cpus) or None
+
+
+#: The signals that stop the server.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What the watchdog writes to the server on the first one: when it came.
+_WHEN = struct.Struct("d")
+
+
+def start_watchdog(grace: float) -> int:
+    """Fork the stop watchdog; returns the pipe on which it says "stop" (see :func:`on_stop`).
+
+    Call it before any thread starts.  Why a process: Python runs a signal
+    handler in the main thread only, once that thread holds the GIL again
+    and its system call (accept) has returned, and with thousands of threads
+    woken at once neither may come in time.  The C-level handler, though,
+    writes the signal's number to a file descriptor at once, in whatever
+    thread the kernel picked (``signal.set_wakeup_fd``).  The watchdog reads
+    that pipe in a process of its own, so nothing it does waits for our GIL:
+
+    * the first SIGTERM or SIGINT: it tells the server's ``signals`` thread
+      to stop (no main thread needed), and gives it ``grace`` seconds;
+    * a second one, or the grace over with the server still running: it
+      kills the server at once (SIGKILL).  What that leaves in Redis is
+      cleaned up as after a crash.
+
+    It ends when the server does (the pipe closes).
+    """
+    signals_read, signals_write = os.pipe()
+    stop_read, stop_write = os.pipe()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.close(signals_write)
+        os.close(stop_read)
+        _watch(signals_read, stop_write, parent, grace)  # never returns
+    os.close(signals_read)
+    os.close(stop_write)
+    os.set_blocking(signals_write, False)
+    signal.set_wakeup_fd(signals_write, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _noted)
+    return stop_read
+
+
+def _noted(signum, frame) -> None:
+    """The Python-level handler: the watchdog has the signal already (the wakeup fd)."""
+
+
+def _watch(signals: int, stop: int, parent: int, grace: float) -> None:
+    # The forked child: no threads, only system calls.  Signals sent to the
+    # whole group (a terminal's Ctrl-C, systemd's stop) must not end it.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    stops = 0
+    deadline = None
+    try:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([signals], [], [], timeout)
+            if not ready:  # the grace is over and the server is still there
+                os.kill(parent, signal.SIGKILL)
+                break
+            data = os.read(signals, 64)
+            if not data:  # the server has exited
+                break
+            for signum in data:
+                if signum not in STOP_SIGNALS:
+                    continue
+                stops += 1
+                if stops == 1:
+                    now = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+                    deadline = now + grace
+                    os.write(stop, _WHEN.pack(now))
+                else:
+                    os.kill(parent, signal.SIGKILL)
+                    os._exit(0)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def on_stop(stop_pipe: int, stop: Callable[[float], None]) -> threading.Thread:
+    """Call ``stop`` in a thread of its own when the watchdog says so (the first SIGTERM or SIGINT).
+
+    ``stop`` is given when the signal came (``time.monotonic()``): how long
+    this thread waited for the GIL is then part of what a slow stop logs.
+    """
+
+    def wait_and_stop() -> None:
+        try:
+            said = os.read(stop_pipe, _WHEN.size)
+        except OSError:
+            return
+        if len(said) == _WHEN.size:
+            (signalled_at,) = _WHEN.unpack(said)
+            logger.info("stop signal received %.1f s ago: stopping", time.monotonic() - signalled_at)
+            stop(signalled_at)
+
+    thread = threading.Thread(target=wait_and_stop, name="signals", daemon=True)
+    thread.start()
+    return thread

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 import redis
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 import protocol as p
 
@@ -37,11 +38,18 @@ MISSING_PACKAGES = (
 #: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's memory;
 #: 16 KiB still holds ~200 chat messages per read.
 PUBSUB_READ_SIZE = 16384
-#: Redis connections per chat user: two pub/sub connections, and a command
-#: connection for its reader at most ...
-POOL_PER_CLIENT = 3
-#: ... plus these for the heartbeat, the notifier and shutdown.
+#: Redis connections per chat user in the pub/sub pool (broadcast, personal) ...
+PUBSUB_PER_CLIENT = 2
+#: ... plus these for the health probe and spares.
 POOL_SPARE = 16
+#: The command connections, all opened at start and kept: a reader waits for
+#: one of them (at most POOL_WAIT seconds) rather than opening another, so
+#: that at Redis's maxclients the users already connected still chat (Redis
+#: runs one command at a time anyway: more would only queue there).
+COMMAND_CONNECTIONS = 32
+POOL_WAIT = 5.0
+#: The URL scheme of a Redis found through Sentinel.
+SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds to wait for Redis to accept a new connection.
 CONNECT_TIMEOUT = 5
 #: TCP keepalive of Redis connections (idle, interval, count): a listener
@@ -88,6 +96,14 @@ class Keys:
         """The set of user ids served by one server process."""
         return f"{self.prefix}serverUsers:{server_id}"
 
+    def server_cleanup(self, server_id: str) -> str:
+        """The lease of the survivor cleaning up after a dead server process (its value: that survivor's id)."""
+        return f"{self.prefix}cleanup:{server_id}"
+
+    def health_probe(self, server_id: str) -> str:
+        """The channel one server process publishes to itself to see that pub/sub works."""
+        return f"{self.prefix}probe:{server_id}"
+
     def personal(self, user_id: str) -> str:
         """The personal channel of one user."""
         return self._personal + user_id
@@ -129,11 +145,59 @@ def mask_url(url: str | None) -> str:
     return f"{scheme}://{user + ':***' if colon else '***'}@{location}"
 
 
+class SentinelTarget(NamedTuple):
+    """What a ``redis+sentinel://`` URL names: the Sentinels, the master's name, the database."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/<master-name>[/db]``; ValueError if not.
+
+    The password, if any, is the master's (Redis's ``requirepass``); the
+    Sentinels themselves are asked without one.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    credentials, at, location = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username, password = (user or None, secret) if colon else (None, user)
+    hosts, slash, path = location.partition("/")
+    parts = [part for part in path.split("/") if part] if slash else []
+    if not hosts or not parts or len(parts) > 2:
+        raise ValueError("it must name the Sentinels and the master: host:port[,host:port...]/<master-name>[/db]")
+    sentinels = []
+    for address in hosts.split(","):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a Sentinel address must be host:port, not {address!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"the database must be a number, not {parts[1]!r}")
+    return SentinelTarget(sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0, username, password)
+
+
 def check_redis_url(url: str) -> None:
     """Raise ValueError, with the URL masked, unless redis-py can use ``url``."""
     scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme == SENTINEL_SCHEME:
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ValueError(f"not a valid Sentinel URL ({exc}): {mask_url(url)!r}") from None
+        return
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"not a Redis URL (redis://host:port/db, rediss://..., unix://...): {mask_url(url)!r}")
+        raise ValueError(
+            "not a Redis URL (redis://host:port/db, rediss://..., unix://..., "
+            f"{SENTINEL_SCHEME}://host:port[,host:port]/master[/db]): {mask_url(url)!r}"
+        )
     try:
         redis.ConnectionPool.from_url(url)
     except ValueError as exc:
@@ -146,7 +210,29 @@ def describe_redis_error(exc: redis.RedisError) -> str:
         return f"it is a read only replica; give the master's address ({exc})"
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return f"it is out of memory (maxmemory, with a policy that evicts nothing); free some or raise it ({exc})"
+    if is_max_clients(exc):
+        return f"it has reached its maxclients; raise maxclients in redis.conf ({exc})"
     return str(exc)
+
+
+def is_max_clients(exc: BaseException) -> bool:
+    """True when Redis refused a new connection because it has ``maxclients`` already."""
+    return "max number of clients reached" in str(exc)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, stable name for what went wrong (a metric label, a log line's key)."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "read_only"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "out_of_memory"
+    if is_max_clients(exc):
+        return "max_clients"
+    if isinstance(exc, redis.TimeoutError):
+        return "timeout"
+    if isinstance(exc, (redis.ConnectionError, OSError)):
+        return "connection"
+    return "other"
 
 
 def outcome_unknown(exc: redis.RedisError) -> bool:
@@ -165,7 +251,7 @@ def _no_driver_info() -> dict:
     return {"lib_name": None, "lib_version": None}
 
 
-class _PooledConnection(redis.Connection):
+class _CheapPoolCheck:
     """A Redis connection whose pool check costs no system call.
 
     redis-py's pool asks ``can_read(0)`` of every connection it hands out, to
@@ -183,14 +269,24 @@ class _PooledConnection(redis.Connection):
         return super().can_read(timeout)
 
 
-def connect_redis(config: Config) -> redis.Redis:
-    """The shared Redis client: ``config.redis_url``, or an embedded fakeredis.
+class _PooledConnection(_CheapPoolCheck, redis.Connection):
+    """A plain TCP connection with the cheap pool check."""
 
-    Every chat user holds two pub/sub connections and its reader may run a
-    command, so the pool is sized for that rather than redis-py's default.
-    Raises SystemExit with one line when Redis cannot be reached.
+
+class _SentinelPooledConnection(_CheapPoolCheck, SentinelManagedConnection):
+    """A connection to whichever server the Sentinels call master, with the cheap pool check."""
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """The shared Redis client for commands: ``config.redis_url``, or an embedded fakeredis.
+
+    Its pool holds command connections only (see :func:`pubsub_client` for
+    the subscriptions' own pool): :data:`COMMAND_CONNECTIONS`, all opened at
+    once, and a command waits for a free one.  (With Sentinel the pool is
+    redis-py's Sentinel pool, which opens more as needed.)  Raises SystemExit
+    with one line when Redis cannot be reached.
     """
-    pool_size = POOL_PER_CLIENT * config.max_clients + POOL_SPARE
+    pool_size = COMMAND_CONNECTIONS
     if not config.redis_url:
         try:
             import fakeredis
@@ -203,11 +299,9 @@ def connect_redis(config: Config) -> redis.Redis:
         )
         return redis.Redis(connection_pool=pool)
     idle, interval, count = REDIS_KEEPALIVE
-    client = redis.Redis.from_url(
-        config.redis_url,
+    options = dict(
         max_connections=pool_size,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        connection_class=_PooledConnection,
         # RESP2: redis-py 8 speaks RESP3 by default, which costs every new
         # connection (two per login) a HELLO round trip; nothing here needs RESP3.
         protocol=2,
@@ -220,12 +314,115 @@ def connect_redis(config: Config) -> redis.Redis:
         # each connection while holding the pool's lock.
         **_no_driver_info(),
     )
+    if config.redis_url.startswith(SENTINEL_SCHEME + "://"):
+        target = parse_sentinel_url(config.redis_url)
+        sentinel = Sentinel(
+            target.sentinels, socket_timeout=CONNECT_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT, protocol=2
+        )
+        client = sentinel.master_for(
+            target.master,
+            connection_class=_SentinelPooledConnection,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+    else:
+        pool = redis.BlockingConnectionPool.from_url(
+            config.redis_url, connection_class=_PooledConnection, timeout=POOL_WAIT, **options
+        )
+        client = redis.Redis(connection_pool=pool)
     try:
         client.ping()
+        warm_up(client, COMMAND_CONNECTIONS)
     except redis.RedisError as exc:
+        if is_max_clients(exc):  # it answers, and refuses
+            raise SystemExit(f"cannot use Redis at {mask_url(config.redis_url)}: {describe_redis_error(exc)}") from None
         raise SystemExit(f"cannot reach Redis at {mask_url(config.redis_url)}: {exc}") from None
     logger.info("using Redis at %s", mask_url(config.redis_url))
     return client
+
+
+def warm_up(rdb: redis.Redis, count: int) -> None:
+    """Open ``count`` connections of ``rdb``'s pool now and keep them there."""
+    pool = rdb.connection_pool
+    connections = []
+    try:
+        for _ in range(count):
+            connections.append(pool.get_connection())
+    finally:
+        for connection in connections:
+            pool.release(connection)
+
+
+def pubsub_client(rdb: redis.Redis, max_clients: int) -> redis.Redis:
+    """A client like ``rdb`` (same server, same settings) with a pool of its own, for subscriptions.
+
+    Apart, so that a subscription's connection, which goes back to its pool
+    disconnected, is never the next one handed to a command: at Redis's
+    ``maxclients`` that command would have to open a connection Redis
+    refuses, and users already connected could not chat.
+    """
+    pool = rdb.connection_pool
+    size = PUBSUB_PER_CLIENT * max_clients + POOL_SPARE
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "maint_notifications_pool_handler"}
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)
+        twin = SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class,
+            max_connections=size, **kwargs
+        )
+    else:
+        twin = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=size, **kwargs)
+    return redis.Redis(connection_pool=twin)
+
+
+def follow_master(rdb: redis.Redis) -> None:
+    """With Sentinel: ask the Sentinels where the master is now; if it moved, close the idle connections.
+
+    redis-py asks only when it opens a connection, and after a forced
+    failover the demoted master keeps its clients (and accepts writes) until
+    the Sentinels reconfigure it, which can take them tens of seconds.
+    """
+    pool = rdb.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.get_master_address()
+
+
+def forget_connections(rdb: redis.Redis) -> None:
+    """Close every idle connection of ``rdb``'s pool: the next command opens one to wherever Redis is now.
+
+    After a Sentinel failover, a connection to the demoted master would
+    still take PUBLISH (replicas do), reaching only its own subscribers.
+    """
+    rdb.connection_pool.disconnect(inuse_connections=False)
+
+
+def end_subscription(sub: redis.client.PubSub) -> None:
+    """Wake the listener reading ``sub`` without needing any new connection to Redis.
+
+    A real socket is shut down (the listener reads its end and stops; Redis
+    frees the connection at once); fakeredis's is told to unsubscribe.
+    An UNSUBSCRIBE on a broken connection would make redis-py reconnect,
+    which a Redis at ``maxclients`` refuses.
+    """
+    connection = sub.connection
+    if connection is None:
+        return
+    sock = getattr(connection, "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return
+    if sock is None or getattr(sub, "_chatroom_ended", False):
+        return  # never connected, already closed, or already told
+    sub._chatroom_ended = True  # a second UNSUBSCRIBE would race the listener's read in fakeredis
+    try:
+        sub.unsubscribe()
+    except (redis.RedisError, OSError):
+        pass
 
 
 def current_run_id(rdb: redis.Redis) -> str | None:
@@ -407,11 +604,8 @@ def release_names(pipe, keys: Keys, holders: dict[str, str]) -> None:
     """Queue on ``pipe`` the freeing of each name (``name_key`` -> user id) that user still holds.
 
     Compare and delete: an unconditional delete could free a name another
-    process gave to someone else meanwhile, e.g. after this process was
-    taken for dead.  A script, so that the comparison and the delete are
-    one atomic step inside the caller's round trip.  (WATCH + MULTI took
-    three, and when a thousand users left at once every delete aborted
-    every other transaction, which then started over.)
+    process gave to someone else meanwhile.  A script, so that the
+    comparison and the delete are one atomic step inside the caller's round trip.
     """
     args = [value for key, user_id in holders.items() if p.guest_id(key) is None for value in (key, user_id)]
     if args:
@@ -419,27 +613,125 @@ def release_names(pipe, keys: Keys, holders: dict[str, str]) -> None:
 
 
 class Departure(NamedTuple):
-    """A user to remove from Redis: who, under which name, and the notice of its leaving."""
+    """A user to remove from Redis: who, under which name, and the notices of its leaving."""
 
     user_id: str
     name: str
     notice: bytes | None  # published on the broadcast channel; None: leave quietly
+    #: Other names (``name_key`` form) this user may hold: claims whose outcome is unknown.
+    also_held: tuple[str, ...] = ()
+    #: The text told to the remaining members of each of its rooms ("" for none).
+    room_text: str = ""
 
 
-def queue_removal(pipe, keys: Keys, server_id: str, departures: Iterable[Departure]) -> None:
-    """Queue on ``pipe`` the removal of users from presence, names, ranking and their server."""
-    departures = list(departures)
-    if not departures:
-        return
-    release_names(pipe, keys, {p.name_key(d.name): d.user_id for d in departures})
-    ids = [d.user_id for d in departures]
-    pipe.hdel(keys.users_name, *ids)
-    pipe.hdel(keys.users_online, *ids)
-    pipe.zrem(keys.activity_ranking, *ids)
-    pipe.srem(keys.server_users(server_id), *ids)
+#: Leaving rooms, as a Lua function both scripts that do it define (this
+#: removal, and a part in chatroom/rooms.py).  For each room of ``user_rooms``
+#: (only ``only`` when given): out of its members; a room left empty leaves
+#: the ``rooms`` hash and its history expires after ``ttl`` seconds (0:
+#: deleted); otherwise its remaining members are told ``text`` (unless "").
+#: A room that no longer lists the user is not told again.  Key names are built
+#: from ``prefix``, as Keys builds them.  Returns how many rooms it left.
+LEAVE_ROOMS_LUA = """
+local function leave_rooms(prefix, rooms_key, user_rooms, user_id, ttl, text, mark, only)
+  local rooms = redis.call('SMEMBERS', user_rooms)
+  if only then
+    rooms = {}
+    if redis.call('SISMEMBER', user_rooms, only) == 1 then rooms = {only} end
+  end
+  for _, room in ipairs(rooms) do
+    local members = prefix .. 'roomMembers:' .. room
+    local was_in = redis.call('SREM', members, user_id)
+    redis.call('SREM', user_rooms, room)
+    local display = redis.call('HGET', rooms_key, room) or room
+    if redis.call('SCARD', members) == 0 then
+      redis.call('HDEL', rooms_key, room)
+      local history = prefix .. 'roomHistory:' .. room
+      if tonumber(ttl) > 0 then redis.call('EXPIRE', history, ttl) else redis.call('DEL', history) end
+    elseif was_in == 1 and text ~= '' then
+      redis.call('PUBLISH', prefix .. 'room:' .. room, 'channel:' .. display .. ':' .. mark .. ':' .. text)
+    end
+  end
+  return #rooms
+end
+"""
+
+#: The removal of one user, atomically: KEYS usersOnline, usersName,
+#: usersByName, activityRanking, serverUsers:<sid>, server:<sid>, rooms,
+#: userRooms:<id>; ARGV user id, broadcast channel, notice ('' for none),
+#: 'reap' or 'own', the key prefix, an empty room's history lifetime, the
+#: rooms' notice text ('' for none), the system mark, then the name_keys to
+#: free if this user still holds them.  A reaper ('reap') removes only a user
+#: that the dead server's set still lists, and nothing while that server's
+#: heartbeat lives (it came back: -1).  Whoever takes the user off usersOnline
+#: publishes its notice, and a room that still lists it tells its members: so
+#: each leave is announced once, whoever else (another survivor, a retry after
+#: a timeout) runs this for the same user.  Returns 1 if this call removed the
+#: user, else 0.
+_REMOVE_USER = LEAVE_ROOMS_LUA + """
+if ARGV[4] == 'reap' and redis.call('EXISTS', KEYS[6]) == 1 then
+  return -1
+end
+local owned = redis.call('SREM', KEYS[5], ARGV[1])
+if ARGV[4] == 'reap' and owned == 0 then
+  return 0
+end
+local online = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+for i = 9, #ARGV do
+  if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+if online == 1 and ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+leave_rooms(ARGV[5], KEYS[7], KEYS[8], ARGV[1], ARGV[6], ARGV[7], ARGV[8], nil)
+return online
+"""
+
+
+def queue_removals(
+    pipe, keys: Keys, server_id: str, departures: Iterable[Departure], *, reaping: bool = False,
+    room_history_ttl: float = 0,
+) -> int:
+    """Queue on ``pipe`` the atomic removal of each user (presence, names, ranking, rooms, its server's set).
+
+    The one way users leave Redis: a local user leaving, shutdown, a dead or
+    previous process's users.  Each removal is one script run (see
+    ``_REMOVE_USER``), so a caller that dies or times out midway can simply
+    be followed by another: nobody is announced twice, nobody is forgotten.
+    ``reaping``: the users belong to another (dead) process, and only those
+    its set still lists are removed.  ``room_history_ttl``: how long the
+    history of a room this leaves empty is kept.  Returns how many were queued.
+    """
+    queued = 0
+    mode = "reap" if reaping else "own"
     for departure in departures:
-        if departure.notice is not None:
-            pipe.publish(keys.broadcast, departure.notice)
+        names = {key for key in (p.name_key(departure.name), *departure.also_held) if key and p.guest_id(key) is None}
+        pipe.eval(
+            _REMOVE_USER,
+            8,
+            keys.users_online,
+            keys.users_name,
+            keys.users_by_name,
+            keys.activity_ranking,
+            keys.server_users(server_id),
+            keys.server_alive(server_id),
+            keys.rooms,
+            keys.user_rooms(departure.user_id),
+            departure.user_id,
+            keys.broadcast,
+            departure.notice or b"",
+            mode,
+            keys.prefix,
+            int(room_history_ttl),
+            departure.room_text,
+            p.SYSTEM,
+            *sorted(names),
+        )
+        queued += 1
+    return queued
 
 
 # --- the reader's writes -------------------------------------------------------------

@@ -34,7 +34,7 @@ import protocol as p
 from chatroom.connection import Connection
 from chatroom.history import History, room_prefix
 from chatroom.listener import ListenerEngine
-from chatroom.redisdb import Batch, Keys
+from chatroom.redisdb import LEAVE_ROOMS_LUA, Batch, Keys
 
 logger = logging.getLogger("chatroom.server")
 
@@ -65,44 +65,14 @@ redis.call('PUBLISH', ARGV[6], 'channel:' .. display .. ':' .. ARGV[8] .. ':' ..
 return {1, display}
 """
 
-#: Leave every room of one user (its own part, leaving the chat, a dead
-#: process's users): KEYS rooms, userRooms:<id>; ARGV the key prefix, user id,
-#: the history's lifetime once a room is empty (seconds; 0: deleted), the left
-#: text, the system mark, and optionally one folded name (only that room: a
-#: part).  A room that empties leaves the list; in the others the remaining
-#: members are told.  Returns the number of rooms left.
-_LEAVE = """
-local prefix = ARGV[1]
-local rooms = redis.call('SMEMBERS', KEYS[2])
-if ARGV[6] then
-  rooms = {}
-  if redis.call('SISMEMBER', KEYS[2], ARGV[6]) == 1 then rooms = {ARGV[6]} end
-end
-for _, room in ipairs(rooms) do
-  local members = prefix .. 'roomMembers:' .. room
-  redis.call('SREM', members, ARGV[2])
-  redis.call('SREM', KEYS[2], room)
-  local display = redis.call('HGET', KEYS[1], room) or room
-  if redis.call('SCARD', members) == 0 then
-    redis.call('HDEL', KEYS[1], room)
-    local history = prefix .. 'roomHistory:' .. room
-    if tonumber(ARGV[3]) > 0 then
-      redis.call('EXPIRE', history, ARGV[3])
-    else
-      redis.call('DEL', history)
-    end
-  else
-    redis.call('PUBLISH', prefix .. 'room:' .. room, 'channel:' .. display .. ':' .. ARGV[5] .. ':' .. ARGV[4])
-  end
-end
-return #rooms
+#: Part: KEYS rooms, userRooms:<id>; ARGV the key prefix, user id, the
+#: history's lifetime once the room is empty (seconds; 0: deleted), the left
+#: text, the system mark, the folded name of the room.  A room that empties
+#: leaves the list; otherwise its remaining members are told.  (Leaving every
+#: room, when the user leaves the chat, is part of redisdb's one removal.)
+_PART = LEAVE_ROOMS_LUA + """
+return leave_rooms(ARGV[1], KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
-
-
-def queue_leave_all(pipe, keys: Keys, user_id: str, name: str, lang: str, history_ttl: int) -> None:
-    """Queue on ``pipe`` the removal of a user from every room, each announced to its remaining members."""
-    left = p.text(lang, "room_left", name=name)
-    pipe.eval(_LEAVE, 2, keys.rooms, keys.user_rooms(user_id), keys.prefix, user_id, history_ttl, left, p.SYSTEM)
 
 
 class Rooms:
@@ -221,7 +191,7 @@ class Rooms:
         left = self.text("room_left", name=conn.name)
         keys = self.keys
         ttl = int(self.config.room_history_ttl)
-        pipe.eval(_LEAVE, 2, keys.rooms, keys.user_rooms(conn.id), keys.prefix, conn.id, ttl, left, p.SYSTEM, key)
+        pipe.eval(_PART, 2, keys.rooms, keys.user_rooms(conn.id), keys.prefix, conn.id, ttl, left, p.SYSTEM, key)
 
     def _leave_quietly(self, conn: Connection, key: str) -> None:
         try:
@@ -230,11 +200,6 @@ class Rooms:
             pipe.execute()
         except redis.RedisError as exc:
             logger.error("%r: could not undo joining %r: %s", conn, key, exc)
-
-    def queue_leave_all(self, pipe, conn: Connection) -> None:
-        """Queue the removal of a leaving user from all its rooms (nothing if it is in none)."""
-        if conn.rooms:
-            queue_leave_all(pipe, self.keys, conn.id, conn.name, self.config.lang, int(self.config.room_history_ttl))
 
     # --- chat and listings -----------------------------------------------------------
 

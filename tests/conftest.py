@@ -76,6 +76,17 @@ def real_redis():
     process.stop()
 
 
+@pytest.fixture
+def redis_proc(request, tmp_path):
+    """A redis-server of this test's own; ``indirect`` parameters add server options."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
+    process.start()
+    yield process
+    process.stop()
+
+
 def make_redis_client(kind: str, request) -> redis.Redis:
     if kind == "fake":
         pool = redis.ConnectionPool(
@@ -222,17 +233,6 @@ class ServerProcess:
         """What the process logged (to stderr) so far."""
         self.log.seek(0)
         return self.log.read()
-
-
-@pytest.fixture
-def redis_proc(request, tmp_path):
-    """A redis-server of this test's own; ``indirect`` parameters add server options."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    process = RedisProcess(*getattr(request, "param", ()), "--dir", str(tmp_path))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -197,6 +198,14 @@ def replies_to(client: RawClient, name: str):
     return [f for f in client.seen if f.startswith(f"individual:{name}:")]
 
 
+def wait_until(condition, failure: str, timeout: float = 10) -> None:
+    """Poll Redis (it has no event to await) until ``condition()`` holds."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.02)
+
+
 def wait_for_log(server: ServerProcess, text: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while text not in server.read_log():
@@ -310,3 +319,68 @@ def test_a_process_of_the_previous_layout_and_this_one_share_a_redis(redis_proc,
     finally:
         old.stop()
         old.log.close()
+
+
+# --- crash cleanup that survives a second crash ----------------------------------------
+
+
+def test_a_survivor_killed_while_cleaning_up_is_taken_over_and_each_user_announced_once(redis_proc, cluster):
+    """Three processes; kill -9 the first; once its cleanup has begun, kill -9 the one cleaning."""
+    # 20 users a second: the cleanup of 30 users takes 1.5 s, time to kill its cleaner midway.
+    a, b, c = (cluster("--server-id", sid, "--dead-after", "1.5", "--reap-rate", "20") for sid in "abc")
+    users = [a.client() for _ in range(30)]
+    for i, user in enumerate(users):
+        user.login(f"u{i}")
+    watchers = {"b": b.client(), "c": c.client()}
+    for sid, watcher in watchers.items():
+        watcher.login(f"w{sid}")
+    admin = redis.Redis.from_url(redis_proc.url)
+    a.proc.kill()
+    deadline = time.monotonic() + scaled(20)
+    while True:  # the cleanup has begun: a lease names the cleaner, and some users are gone
+        holder = admin.get("chatroom:cleanup:a")
+        if holder is not None and admin.scard("chatroom:serverUsers:a") < 30:
+            break
+        assert time.monotonic() < deadline, "no survivor began the cleanup"
+        time.sleep(0.005)  # Redis is polled: there is no event to await
+    cleaner = {"b": b, "c": c}[holder.decode()]
+    survivor_id = "c" if holder == b"b" else "b"
+    cleaner.proc.kill()
+    assert 0 < admin.scard("chatroom:serverUsers:a") < 30, "the cleanup was not cut midway"
+    watcher = watchers[survivor_id]
+    expected = {left(f"u{i}") for i in range(30)} | {left(f"w{holder.decode()}")}
+    while not expected <= set(watcher.seen):
+        watcher.recv()
+    watcher.send("channel:channel1::marker")
+    watcher.expect(f"channel:channel1:w{survivor_id}:marker\n")
+    assert all(watcher.seen.count(notice) == 1 for notice in expected)
+    assert admin.hvals("chatroom:usersName") == [f"w{survivor_id}".encode()]
+    assert admin.hlen("chatroom:usersOnline") == 1
+    assert admin.hkeys("chatroom:usersByName") == [f"w{survivor_id}".encode()]
+    # The dead leave the list once their last user is gone: a moment after the last notice.
+    wait_until(lambda: admin.smembers("chatroom:servers") == {survivor_id.encode()}, "the dead stay listed")
+    assert not admin.exists("chatroom:serverUsers:a", "chatroom:cleanup:a")
+    assert online_count(watcher, f"w{survivor_id}") == 1
+    {"b": b, "c": c}[survivor_id].client().login("u7")  # the names are free again
+
+
+def test_a_stop_cut_short_leaves_its_users_to_the_survivors_as_a_crash_does(redis_proc, cluster):
+    """Redis frozen during a stop: the grace runs out, the process exits, and a survivor cleans up."""
+    a = cluster("--server-id", "a", "--dead-after", "1.5", "--shutdown-grace", "1")
+    b = cluster("--server-id", "b", "--dead-after", "1.5")
+    alice, bob = a.client(), b.client()
+    alice.login("alice")
+    bob.login("bob")
+    redis_proc.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        a.proc.terminate()
+        a.proc.wait(scaled(10))
+        assert time.monotonic() - started < scaled(5)  # the grace, and the watchdog's margin at most
+    finally:
+        redis_proc.proc.send_signal(signal.SIGCONT)
+    bob.expect(left("alice"))
+    bob.send("channel:channel1::marker")
+    bob.expect("channel:channel1:bob:marker\n")
+    assert bob.seen.count(left("alice")) == 1
+    assert online_count(bob, "bob") == 1

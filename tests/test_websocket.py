@@ -565,5 +565,5 @@ def test_redis_failing_during_a_tab_login_is_answered(make_server, redis_client,
 
     monkeypatch.setattr("chatroom.redisdb.add_user", failing)
     tab = WsClient(server)
-    assert closed_with(tab, "Server error, please try again later")
+    assert closed_with(tab, "The server cannot take new users right now, please try again later")
 
