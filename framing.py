@@ -30,7 +30,7 @@ GO_READ_BUFFER = 4096
 #: The largest payload the original Go programs can decode: one buffer, header included.
 MAX_FRAME = GO_READ_BUFFER - HEADER_SIZE
 
-RECV_SIZE = 65536
+RECV_SIZE = 4096
 
 
 class FrameError(Exception):

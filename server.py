@@ -1104,12 +1104,15 @@ def say_listening(server: ChatServer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a server until SIGINT or SIGTERM (Go: ``main``); a clean stop ends the process with status 0."""
+    if argv is None:  # this process's own command line: the process is ours to tune
+        process.lean_malloc()
     config = parse_args(argv)
     # Before any thread starts: it forks.
     stop_pipe = process.start_watchdog(config.shutdown_grace + ALARM_MARGIN)
     process.raise_open_file_limit()
-    # Before any thread starts: threads inherit both.
+    # Before any thread starts: threads inherit these.
     sys.setswitchinterval(process.SWITCH_INTERVAL)
+    process.set_thread_stack_size()
     pinned = process.pin_to_cpu(config.cpu, config.port)
     if pinned is not None:
         logger.info("running on CPU %d", pinned)

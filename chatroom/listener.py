@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatroom.server")
 
+#: Bytes a busy (lingering) listener reads at once: a buffer of its own while
+#: busy, given back when idle.  Idle, it reads into its connection's small
+#: buffer (redisdb.PUBSUB_READ_SIZE), so idle users cost little memory.
+BUSY_READ_SIZE = 16384
 #: Most pub/sub messages a listener takes from its buffer per wake-up.
 DRAIN_LIMIT = 256
 #: The longest a busy listener lingers, however big the room: a delay people hardly notice.
@@ -240,7 +244,7 @@ class ListenerEngine:
         """
         sock = raw.sock
         sock.settimeout(None)
-        buffer = raw.buffer
+        idle_buffer = buffer = raw.buffer
         recv_into = sock.recv_into
         gets = raw.gets
         feed = raw.feed
@@ -290,6 +294,7 @@ class ListenerEngine:
                     received = recv_into(buffer, 0, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     lingering = 0.0
+                    buffer, buffer_size = idle_buffer, len(idle_buffer)  # the busy one goes back
                     continue
             else:
                 received = recv_into(buffer)
@@ -299,6 +304,9 @@ class ListenerEngine:
             now = monotonic()
             seconds = linger_seconds()  # the room's size sets it
             if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
+                if not lingering and buffer is idle_buffer:
+                    buffer = bytearray(BUSY_READ_SIZE)  # a linger gathers more than an idle read
+                    buffer_size = BUSY_READ_SIZE
                 lingering = seconds
             last_wake = now
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -930,3 +931,25 @@ def test_each_connection_has_its_three_threads_named_after_its_user(connect, cha
     names = {thread.name for thread in threading.enumerate()}
     assert {f"conn-{conn.id}", f"conn-{conn.id}-broadcast", f"conn-{conn.id}-personal"} <= names
     assert (conn.reader_thread.name, conn.broadcast_thread.name) == (f"conn-{conn.id}", f"conn-{conn.id}-broadcast")
+
+
+def test_python_server_py_runs_with_glibcs_per_thread_malloc_caches_off():
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "REDIS_URL": ""},
+    )
+    try:
+        assert "listening on" in proc.stdout.readline()
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"GLIBC_TUNABLES=" + process.MALLOC_TUNABLES.encode() in environ
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_threads_get_the_smaller_stack():
+    code = "from chatroom import process; import threading; process.set_thread_stack_size(); print(threading.stack_size())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert int(out) == process.THREAD_STACK_SIZE == 512 * 1024
