@@ -302,6 +302,14 @@ class Config:
         convert=_number(float, 0),
         metavar="PER_S",
     )
+    #: While the process has CPU to spare, a busy listener lingers less than
+    #: the budget asks, down to this fraction of it: fewer wake-ups matter
+    #: only once the CPU is short (see ListenerEngine.linger_seconds).  1 = never.
+    linger_shrink: float = setting(
+        0.25, "while the process has CPU to spare, busy listeners linger down to this fraction of the linger "
+        "the budget sets (0.05..1; 1: always the budget's)",
+        convert=_number(float, 0.05, 1),
+    )
     #: The browser's front door (chatroom/websocket.py): the page at /, the chat at /ws.
     ws_port: int | None = setting(
         None, "serve the web page and WebSocket chat on this port (0: any free port; none: off)",

@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 import protocol as p
-from framing import GO_READ_BUFFER, FrameReader, encode_bytes, timeval
+from framing import GO_READ_BUFFER, HEADER_SIZE, FrameReader, timeval
+from framing import HEADER as FRAME_HEADER
 
 if TYPE_CHECKING:
     import redis
@@ -27,6 +28,8 @@ logger = logging.getLogger("chatroom.server")
 #: listener's wake-up histogram (kept in step with chatroom.metrics, which checks).
 FRAME_KIND_COUNT = 14
 WAKEUP_SLOTS = 11
+
+NEWLINE = b"\n"
 
 #: Largest single socket write: whole frames only, within the Go client's
 #: read buffer (it decodes only a frame that lies inside one read).
@@ -251,15 +254,17 @@ class Connection:
         reading) closes the socket, which wakes the reader thread so that the
         whole connection is cleaned up.
         """
+        # Header, payload and "\n" go into one join: no frame object per payload.
+        pack = FRAME_HEADER.pack
         writes, chunk, size, count = [], [], 0, 0
         for payload in payloads:
             count += 1
-            frame = encode_bytes(payload + b"\n")
-            if chunk and size + len(frame) > WRITE_LIMIT:
+            length = len(payload) + 1
+            if chunk and size + length + HEADER_SIZE > WRITE_LIMIT:
                 writes.append(b"".join(chunk))
                 chunk, size = [], 0
-            chunk.append(frame)
-            size += len(frame)
+            chunk += (pack(length), payload, NEWLINE)
+            size += length + HEADER_SIZE
         if chunk:
             writes.append(b"".join(chunk))
         with self.send_lock:

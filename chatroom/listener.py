@@ -17,6 +17,7 @@ id, or none: keep the client, subscribe again once Redis is back).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -42,6 +43,13 @@ BUSY_READ_SIZE = 16384
 DRAIN_LIMIT = 256
 #: The longest a busy listener lingers, however big the room: a delay people hardly notice.
 MAX_LINGER = 0.5
+#: How often the linger looks at the process's CPU use, in seconds ...
+HEADROOM_WINDOW = 0.25
+#: ... and the share of one core under which it shrinks (the CPU is to spare)
+#: and over which it grows back (the CPU is short), by this step.
+CPU_TO_SPARE = 0.55
+CPU_SHORT = 0.8
+SHRINK_STEP = 1.25
 #: Resubscribing while Redis is away: the first wait, doubled after each failed try up to the last.
 RESUBSCRIBE_FIRST_DELAY = 0.05
 RESUBSCRIBE_MAX_DELAY = 1.0
@@ -82,11 +90,16 @@ class ListenerEngine:
         health: RedisHealth,
         users_connected: Callable[[], int],
         stopping,
+        cpu_seconds: Callable[[], float] = lambda: sum(os.times()[:2]),
     ) -> None:
         self.config = config
         self.health = health
         self.users_connected = users_connected
         self.stopping = stopping
+        self.cpu_seconds = cpu_seconds
+        #: The share of the budget's linger that busy listeners keep now (see linger_seconds).
+        self.shrink = 1.0
+        self._window = (time.monotonic(), cpu_seconds())
 
     def change_subscription(
         self, conn: Connection, sub: redis.client.PubSub, command: str, channel: str, confirmations=()
@@ -360,16 +373,40 @@ class ListenerEngine:
         In a room of N users a message wakes N listeners: past
         ``wakeup_budget`` wake-ups a second the process spends its time
         switching threads.  So the linger grows with the users connected
-        (N / budget, in 10 ms steps, so that a listener seldom has to set it
-        again), and one wake-up carries the messages of a longer stretch.
+        (N / budget), and one wake-up carries the messages of a longer stretch.
+
+        That is a cost worth avoiding only once the CPU is short: while the
+        process uses less than CPU_TO_SPARE of a core, the linger shrinks,
+        step by step, down to ``linger_shrink`` of it (a busy room of 200 at
+        100 messages a second: 10 ms instead of 40), and grows back once the
+        CPU is short.  Under a full load (a crowd logging in, a room at its
+        maximum throughput) it is the budget's.  In 5 ms steps, so that a
+        listener seldom has to set it again.
         """
         config = self.config
         if config.listener_linger <= 0:
             return 0.0
         if config.wakeup_budget <= 0:
             return config.listener_linger
-        grown = round(self.users_connected() / config.wakeup_budget, 2)
-        return min(MAX_LINGER, max(config.listener_linger, grown))
+        budgets = min(MAX_LINGER, max(config.listener_linger, self.users_connected() / config.wakeup_budget))
+        return max(config.listener_linger, round(budgets * self._shrink() * 200) / 200)
+
+    def _shrink(self) -> float:
+        """The share of the budget's linger kept now: every HEADROOM_WINDOW, down with spare CPU, up without.
+
+        Called from many listeners at once: a lost update costs one window.
+        """
+        started, cpu_then = self._window
+        now = time.monotonic()
+        if now - started >= HEADROOM_WINDOW:
+            cpu_now = self.cpu_seconds()
+            used = (cpu_now - cpu_then) / (now - started)
+            if used < CPU_TO_SPARE:
+                self.shrink = max(self.config.linger_shrink, self.shrink / SHRINK_STEP)
+            elif used > CPU_SHORT:
+                self.shrink = min(1.0, self.shrink * SHRINK_STEP)
+            self._window = (now, cpu_now)
+        return self.shrink
 
     def resubscribe(self, conn: Connection, sub: redis.client.PubSub) -> bool:
         """Reconnect a subscription, with backoff, while its client stays; False if it left."""

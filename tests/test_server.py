@@ -29,6 +29,7 @@ from conftest import (
 import protocol as p
 from chatroom import process
 from chatroom.config import parse_args
+from chatroom.listener import ListenerEngine
 from framing import encode
 from server import ChatServer, Config
 
@@ -749,7 +750,7 @@ def test_a_busy_room_delivers_everything_in_order_and_a_quiet_message_still_arri
 
 
 def test_the_linger_grows_with_the_room_within_its_bounds():
-    server = ChatServer(Config(listener_linger=0.01, wakeup_budget=1000), fakeredis.FakeRedis())
+    server = ChatServer(Config(listener_linger=0.01, wakeup_budget=1000, linger_shrink=1), fakeredis.FakeRedis())
     for users, linger in ((0, 0.01), (5, 0.01), (100, 0.1), (250, 0.25), (5000, 0.5)):
         server.connections = {object() for _ in range(users)}
         assert server.listeners.linger_seconds() == linger
@@ -757,6 +758,26 @@ def test_the_linger_grows_with_the_room_within_its_bounds():
     assert server.listeners.linger_seconds() == 0.01
     server.config.listener_linger = 0
     assert server.listeners.linger_seconds() == 0
+
+
+def test_the_linger_shrinks_while_the_cpu_is_to_spare_and_grows_back_once_it_is_short():
+    cpu = [0.0]
+    engine = ListenerEngine(
+        Config(listener_linger=0.01, wakeup_budget=5000, linger_shrink=0.25), None, lambda: 200, None,
+        cpu_seconds=lambda: cpu[0],
+    )
+
+    def window(share_of_a_core):  # one window of HEADROOM_WINDOW elapsed, with this CPU use
+        cpu[0] += share_of_a_core
+        engine._window = (time.monotonic() - 1.0, engine._window[1])
+        return engine.linger_seconds()
+
+    assert engine.linger_seconds() == 0.04  # 200 users / 5,000 wake-ups a second
+    lingers = [window(0.3) for _ in range(8)]  # a light load: down to a quarter, in steps
+    assert lingers[0] < 0.04 and lingers[-1] == 0.01 and lingers == sorted(lingers, reverse=True)
+    assert window(0.7) == 0.01  # in between: it stays
+    grown = [window(0.95) for _ in range(8)]  # the CPU is short: back to the budget's
+    assert grown[-1] == 0.04 and grown == sorted(grown)
 
 
 # --- the command line --------------------------------------------------------
