@@ -30,7 +30,10 @@ GO_READ_BUFFER = 4096
 #: The largest payload the original Go programs can decode: one buffer, header included.
 MAX_FRAME = GO_READ_BUFFER - HEADER_SIZE
 
-RECV_SIZE = 4096
+#: Bytes a reader asks the socket for at once.  Small, since a blocked
+#: ``recv`` holds a buffer of this size for as long as the peer is silent (a
+#: server has one per user); a frame larger than it takes several reads.
+RECV_SIZE = 1024
 
 
 class FrameError(Exception):

@@ -462,6 +462,36 @@ def rtt_client(port: int, name: str) -> tuple[socket.socket, FrameReader]:
     return sock, reader
 
 
+def run_login_rtt(bench: Bench, n: int, args):
+    """Login round trips (connect, nickname, changeNameFirst1): N users arriving together, and alone.
+
+    Each run is on a fresh server: the N arrive at once (all connect, each
+    sends its nickname at once), then 50 more log in one at a time on the
+    idle server, each waiting for the one before.
+    """
+    for run in range(args.runs):
+        if run:
+            bench.stop_server()
+            bench.start_server()
+        time.sleep(0.3)
+        together = bench.login(n, n, timeout=args.login_timeout)
+        bench.quiet(0.3, 60)
+        alone = array("q")
+        for i in range(50):
+            alone.extend(bench.login(1, 1, timeout=30, first=n + i)["login_us"])
+        crowd = percentiles(together["login_us"])
+        idle = percentiles(alone)
+        yield {
+            "logged_in": together["logged_in"],
+            "p50_ms": crowd["p50_ms"],
+            "p99_ms": crowd["p99_ms"],
+            "max_ms": crowd["max_ms"],
+            "idle_p50_ms": idle["p50_ms"],
+            "idle_p99_ms": idle["p99_ms"],
+            "errors": together["errors"][:3],
+        }
+
+
 def run_rtt(bench: Bench, n: int, args):
     """N - 1 idle users plus one probe that asks, waits for the answer, asks again."""
     if n > 1:
@@ -760,6 +790,7 @@ SCENARIOS = {
     "stop": (run_stop, "stop_sizes"),
     "fixed": (run_fixed, "fixed_sizes"),
     "rtt": (run_rtt, "rtt_sizes"),
+    "logins": (run_login_rtt, "login_rtt_sizes"),
     "capacity": (run_capacity, "capacity_sizes"),
     "websocket": (run_websocket, "websocket_sizes"),
     "rooms": (run_rooms, "rooms_sizes"),
@@ -855,6 +886,16 @@ def print_tables(results: dict, out=sys.stdout) -> None:
                 f"| {backend} | {n} | {fmt(s.get('online_p50_ms'), '{:.2f}')} | {fmt(s.get('online_p99_ms'), '{:.2f}')} "
                 f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
+            )
+    if "logins" in by:
+        p("\n## Login round trip (connect, nickname, changeNameFirst1) - medians")
+        p("| backend | arriving together | p50 ms | p99 ms | max ms | idle server p50 ms | idle p99 ms |")
+        p("|---|---:|---:|---:|---:|---:|---:|")
+        for backend, n, s in by["logins"]:
+            p(
+                f"| {backend} | {n} | {fmt(s.get('p50_ms'))} | {fmt(s.get('p99_ms'))} | {fmt(s.get('max_ms'))} "
+                f"| {fmt(s.get('idle_p50_ms'), '{:.2f}')} | {fmt(s.get('idle_p99_ms'), '{:.2f}')} |"
+                f"{flag(s, backend + ' logins N=' + str(n))}"
             )
     if "rooms" in by:
         p("\n## Rooms (rooms of 10, one sender each, 200 messages, window 16, all rooms at once) - medians")
@@ -1016,7 +1057,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenarios", default="fanout,fanout-metrics,fixed,rtt,capacity,rooms,websocket,logins-under-load,stop")
+    parser.add_argument(
+        "--scenarios", default="fanout,fanout-metrics,fixed,rtt,logins,capacity,rooms,websocket,logins-under-load,stop"
+    )
     parser.add_argument("--backends", default="real,embedded", help="real (redis-server) and/or embedded")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 run, smaller sizes: a smoke test")
@@ -1026,6 +1069,7 @@ def parse_args(argv=None):
     parser.add_argument("--capacity-sizes", default="3000")
     parser.add_argument("--websocket-sizes", default="200", help="WebSocket fan-out client counts")
     parser.add_argument("--rooms-sizes", default="1000", help="clients in the rooms scenario")
+    parser.add_argument("--login-rtt-sizes", default="200", help="users arriving together, logins scenario")
     parser.add_argument("--room-size", type=int, default=10, help="members of each room in the rooms scenario")
     parser.add_argument("--logins-sizes", default="200", help="room sizes of logins-under-load")
     parser.add_argument("--login-rate", type=float, default=20.0, help="logins a second, logins-under-load")
@@ -1104,6 +1148,59 @@ def machine() -> str:
     )
 
 
+#: The targets make bench is held to (issues 5, 14 and 16): (what, scenario, N, key, "<=" or ">=", bound).
+#: Real Redis only: the embedded fakeredis is the fresh machine's default, not the production one.
+TARGETS = [
+    ("one broadcast reaching all of 3,000 idle users, ms", "capacity", 3000, "broadcast_all_ms", "<=", 250),
+    ("3,000 logins, each announced to everyone, s", "capacity", 3000, "login_s", "<=", 40),
+    ("RSS per user at 3,000, KB", "capacity", 3000, "rss_kb_per_client", "<=", 120),
+    ("login round trip, 200 arriving together, p50 ms", "logins", 200, "p50_ms", "<=", 50),
+    ("login round trip, 200 arriving together, p99 ms", "logins", 200, "p99_ms", "<=", 250),
+    ("login round trip, idle server, p50 ms", "logins", 200, "idle_p50_ms", "<=", 5),
+    ("fan-out, room of 200, deliveries/s", "fanout", 200, "rate", ">=", 300_000),
+    ("fan-out, room of 1,000, deliveries/s", "fanout", 1000, "rate", ">=", 300_000),
+    ("fan-out lost + duplicated + reordered + misattributed", "fanout", None, "wrong", "<=", 0),
+    ("busy room of 1,000, end-to-end p50 ms", "fanout", 1000, "p50_ms", "<=", 300),
+    ("fixed load (200 users, 10 x 10 msg/s), p50 ms", "fixed", 200, "p50_ms", "<=", 15),
+    ("fixed load (200 users, 10 x 10 msg/s), p99 ms", "fixed", 200, "p99_ms", "<=", 50),
+    ("10,000 users on one process: logged in, s", "capacity", 10000, "login_s", "<=", 180),
+    ("10,000 users: one broadcast reaching all, ms", "capacity", 10000, "broadcast_all_ms", "<=", 1000),
+    ("10,000 users: RSS per user, KB", "capacity", 10000, "rss_kb_per_client", "<=", 120),
+    ("a message in a room of 10, share of one in the lobby of 1,000 (server CPU)", "rooms", 1000, "room_share", "<=", 0.25),
+    ("graceful stop with 3,000 users, s", "stop", 3000, "stop_s", "<=", 10),
+]
+
+
+def summary_value(results: dict, scenario: str, n, key: str):
+    """One figure of the summary, from the real-Redis results (None: not measured in this run)."""
+    if key == "wrong":
+        rows = [s for (sc, backend, _), s in results.items() if sc == scenario and backend == "real"]
+        if not rows:
+            return None
+        return sum((s.get(k) or 0) for s in rows for k in ("lost", "duplicated", "reordered", "misattributed"))
+    if key == "room_share":
+        rooms = results.get(("rooms", "real", n), {}).get("server_cpu_ms_per_message")
+        lobby = results.get(("fanout", "real", 1000), {}).get("server_cpu_ms_per_message")
+        return rooms / lobby if rooms and lobby else None
+    return results.get((scenario, "real", n), {}).get(key)
+
+
+def print_summary(results: dict, out=sys.stdout) -> None:
+    """One screen: each target, the figure this run measured (medians), met or missed."""
+    print("\n## Against the targets (real Redis, medians)", file=out)
+    print("| target | bound | measured | |", file=out)
+    print("|---|---:|---:|---|", file=out)
+    for what, scenario, n, key, sense, bound in TARGETS:
+        value = summary_value(results, scenario, n, key)
+        if value is None:
+            verdict, shown = "not measured", "-"
+        else:
+            met = value <= bound if sense == "<=" else value >= bound
+            verdict = "met" if met else "**missed**"
+            shown = f"{value:,.2f}" if isinstance(value, float) and value < 10 else f"{value:,.0f}"
+        print(f"| {what} | {sense} {bound:,} | {shown} | {verdict} |", file=out)
+
+
 def main(argv=None) -> int:
     # SIGTERM ends the benchmark through its finally blocks: servers, Redis and workers stop too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -1151,6 +1248,7 @@ def main(argv=None) -> int:
         finally:
             bench.close()
     print_tables(results)
+    print_summary(results)
     print(f"\n(total {time.monotonic() - t_all:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1, default=str))

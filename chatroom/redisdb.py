@@ -35,11 +35,11 @@ MISSING_PACKAGES = (
 )
 
 #: Bytes a Redis connection reads at once (redis-py's parser buffer; a listener's recv).
-#: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's memory.
-#: 4 KiB holds ~40 chat messages per read: enough for an idle or a quiet room,
-#: and a busy listener reads into a bigger buffer of its own while busy
-#: (listener.BUSY_READ_SIZE); a long command reply takes a few reads.
-PUBSUB_READ_SIZE = 4096
+#: redis-py's 64 KiB made two pub/sub connections 128 KiB of every user's
+#: memory.  An idle or quiet listener reads little at a time (a message is
+#: ~100 bytes), and a busy one reads into a bigger buffer of its own while
+#: busy (listener.BUSY_READ_SIZE); a long command reply takes a few reads.
+PUBSUB_READ_SIZE = 1024
 #: Redis connections per chat user in the pub/sub pool (broadcast, personal) ...
 PUBSUB_PER_CLIENT = 2
 #: ... plus these for the health probe and spares.
