@@ -262,6 +262,20 @@ def split_login(text: str) -> tuple[str, str] | None:
     return (name, password) if colon else None
 
 
+def split_name(text: str) -> tuple[str, str]:
+    """(the first word, or a "quoted" or 'quoted' name; the rest, stripped) of a command's text.
+
+    Names may have inner spaces: a name with one kind of quote goes in the other kind.
+    """
+    text = text.strip()
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        if end > 0:
+            return text[1:end], text[end + 1 :].strip()
+    word, _, rest = text.partition(" ")
+    return word, rest.strip()
+
+
 def split_password_change(text: str) -> tuple[str, str] | None:
     """``<old>:<new>`` of a password change, split at the first colon; None without one."""
     old, colon, new = text.partition(":")

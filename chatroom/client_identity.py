@@ -40,17 +40,6 @@ COMMANDS = {
 }
 
 
-def _first_word(text: str) -> tuple[str, str]:
-    """(a word, or a "quoted" name; the rest, stripped)."""
-    text = text.strip()
-    if text[:1] in ("'", '"'):
-        end = text.find(text[0], 1)
-        if end > 0:
-            return text[1:end], text[end + 1 :].strip()
-    word, _, rest = text.partition(" ")
-    return word, rest.strip()
-
-
 #: The commands whose line holds a password.
 PASSWORD_COMMANDS = frozenset(command for command, (mark, _) in COMMANDS.items() if mark in p.PASSWORD_MARKS)
 
@@ -78,13 +67,13 @@ def slash_command(line: str, name: str, lang: str = "en") -> tuple[str | None, s
     rest = rest.strip()
     text: str | None = rest
     if mark == p.LOGIN:
-        login_name, password = _first_word(rest)
+        login_name, password = p.split_name(rest)
         if not login_name or not password or ":" in login_name:
             text = None
         else:
             return login_payload(login_name, password), None
     elif mark == p.PASSWORD:
-        old, new = _first_word(rest)
+        old, new = p.split_name(rest)
         text = f"{old}:{new}" if old and new and ":" not in old else None
     elif mark == p.BANS:
         text = ""

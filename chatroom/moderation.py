@@ -81,17 +81,6 @@ def parse_duration(text: str) -> float | None:
     return seconds if 0 < seconds <= MAX_DURATION else None
 
 
-def split_target(text: str) -> tuple[str, str]:
-    """(the first word, or a "quoted" or 'quoted' name, ; the rest, stripped) of a command's text."""
-    text = text.strip()
-    if text[:1] in ("'", '"'):
-        end = text.find(text[0], 1)
-        if end > 0:
-            return text[1:end], text[end + 1 :].strip()
-    word, _, rest = text.partition(" ")
-    return word, rest.strip()
-
-
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     """An address (one host) or a network (``10.0.0.0/8``); an IPv4 address mapped into IPv6 as IPv4."""
     try:
@@ -407,7 +396,7 @@ class Moderation:
 
     def kick(self, conn: Connection, text: str) -> None:
         """``<name> [reason]``: disconnect the user, on whichever process holds them."""
-        name, reason = split_target(text)
+        name, reason = p.split_name(text)
         if not name:
             return self._usage(conn, p.KICK)
         if self._bad_text(conn, p.KICK, reason):
@@ -424,7 +413,7 @@ class Moderation:
 
     def ban(self, conn: Connection, text: str) -> None:
         """``<name or ip=address> <duration> [reason]``: refuse the target, and close its connections everywhere."""
-        target, rest = split_target(text)
+        target, rest = p.split_name(text)
         duration_text, _, reason = rest.partition(" ")
         reason = reason.strip()
         if not target or not duration_text:
@@ -452,7 +441,7 @@ class Moderation:
 
     def unban(self, conn: Connection, text: str) -> None:
         """``<name or ip=address>``: lift a ban."""
-        target, _ = split_target(text)
+        target, _ = p.split_name(text)
         if not target:
             return self._usage(conn, p.UNBAN)
         field = ban_field(target)
@@ -484,7 +473,7 @@ class Moderation:
 
     def mute(self, conn: Connection, text: str) -> None:
         """``<name> <duration> [reason]``: the user's chat and private messages are refused until then."""
-        name, rest = split_target(text)
+        name, rest = p.split_name(text)
         duration_text, _, reason = rest.partition(" ")
         reason = reason.strip()
         if not name or not duration_text:
@@ -513,7 +502,7 @@ class Moderation:
 
     def unmute(self, conn: Connection, text: str) -> None:
         """``<name>``: let the user speak again."""
-        name, _ = split_target(text)
+        name, _ = p.split_name(text)
         if not name:
             return self._usage(conn, p.UNMUTE)
         name_key = p.name_key(name)

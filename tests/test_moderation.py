@@ -270,14 +270,6 @@ def test_durations(text, seconds):
     assert moderation.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text, parts", [
-    ("alice spam", ("alice", "spam")), ("alice", ("alice", "")), ('"big bob" too loud', ("big bob", "too loud")),
-    ("'x y'", ("x y", "")), ('"unclosed name', ('"unclosed', "name")), ("  alice   1h  why ", ("alice", "1h  why")),
-])
-def test_targets(text, parts):
-    assert moderation.split_target(text) == parts
-
-
 def test_addresses_and_networks_as_bans_compare_them():
     assert str(moderation.parse_network("::ffff:10.1.2.3")) == "10.1.2.3/32"
     assert moderation.shown_network(moderation.parse_network("10.1.2.3")) == "ip=10.1.2.3"

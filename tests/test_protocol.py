@@ -111,3 +111,11 @@ def test_printable_shows_what_could_break_a_line():
     assert p.printable("bob\n[21:13] < System >") == "bob<U+000A>[21:13] < System >"
     assert p.printable("a\u202eb\u2028") == "a<U+202E>b<U+2028>"
     assert p.printable("李雷 and bob") == "李雷 and bob"
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("alice spam", ("alice", "spam")), ("alice", ("alice", "")), ('"big bob" too loud', ("big bob", "too loud")),
+    ("'x y'", ("x y", "")), ('"unclosed name', ('"unclosed', "name")), ("  alice   1h  why ", ("alice", "1h  why")),
+])
+def test_a_command_names_its_target_first_quoted_if_it_has_spaces(text, parts):
+    assert p.split_name(text) == parts
