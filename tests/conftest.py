@@ -235,13 +235,12 @@ class ServerProcess:
         return self.log.read()
 
 
-@pytest.fixture
-def cluster(redis_proc):
-    """Start server processes on ``redis_proc``; all stopped after the test."""
+def server_processes(url: str, *defaults: str):
+    """Yield a function that starts server processes on ``url`` (``defaults`` first); all stopped at the end."""
     started = []
 
     def start(*args: str) -> ServerProcess:
-        server = ServerProcess(redis_proc.url, "--rate-limit", "0", *args)
+        server = ServerProcess(url, "--rate-limit", "0", *defaults, *args)
         started.append(server)
         return server
 
@@ -249,3 +248,9 @@ def cluster(redis_proc):
     for server in started:
         server.stop()
         server.log.close()
+
+
+@pytest.fixture
+def cluster(redis_proc):
+    """Start server processes on ``redis_proc``; all stopped after the test."""
+    yield from server_processes(redis_proc.url)

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 from conftest import REDIS_SERVER, ROOT, RawClient, scaled
-from test_cluster import ServerProcess, left, online_count
+from test_cluster import left, online_count
 
 from framing import encode
 
@@ -28,24 +28,9 @@ def system_texts(client: RawClient) -> list[str]:
     return [f.rstrip("\n").split(":", 3)[3] for f in client.seen if f.split(":", 3)[2:3] == ["系统消息"]]
 
 
-@pytest.fixture
-def server_on(redis_proc):
-    started = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(redis_proc.url, "--rate-limit", "0", *args)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        server.log.close()
-
-
 @pytest.mark.parametrize("redis_proc", [("--maxclients", "56")], indirect=True)
-def test_at_redis_maxclients_connected_users_chat_newcomers_are_refused_and_leavers_leave(redis_proc, server_on):
-    server = server_on("--dead-after", "3")
+def test_at_redis_maxclients_connected_users_chat_newcomers_are_refused_and_leavers_leave(redis_proc, cluster):
+    server = cluster("--dead-after", "3")
     admin = redis.Redis.from_url(redis_proc.url)
     admin.ping()  # one connection of the 56, kept; the server holds 32 for commands
     users = []
@@ -103,9 +88,9 @@ def test_a_redis_at_maxclients_at_start_is_one_line_and_exit_1(redis_proc):
     assert line.startswith(f"cannot use Redis at {redis_proc.url}: it has reached its maxclients")
 
 
-def test_a_redis_frozen_longer_than_the_timeout_leaves_nothing_wrong_behind(redis_proc, server_on):
+def test_a_redis_frozen_longer_than_the_timeout_leaves_nothing_wrong_behind(redis_proc, cluster):
     """SIGSTOP for 8 s (past redis-py's 5 s timeout), then SIGCONT."""
-    server = server_on("--dead-after", "3")
+    server = cluster("--dead-after", "3")
     alice, bob, carol = server.client(), server.client(), server.client()
     alice.login("alice")
     bob.login("bob")
@@ -184,10 +169,10 @@ def read_to_the_end(sock: socket.socket) -> bytes:
 
 @pytest.mark.timeout(180)
 def test_sigterm_with_a_thousand_users_tells_each_removes_each_and_others_see_each_leave_once(
-    redis_proc, server_on
+    redis_proc, cluster
 ):
-    crowd = server_on("--max-per-ip", "0", "--server-id", "crowd")
-    other = server_on("--server-id", "other")
+    crowd = cluster("--max-per-ip", "0", "--server-id", "crowd")
+    other = cluster("--server-id", "other")
     watcher = other.client()
     watcher.login("watcher")
     names = [f"u{i:04}" for i in range(1000)]
@@ -215,8 +200,8 @@ def test_sigterm_with_a_thousand_users_tells_each_removes_each_and_others_see_ea
         sock.close()
 
 
-def test_a_second_sigterm_ends_a_stuck_stop_at_once(redis_proc, server_on):
-    server = server_on("--shutdown-grace", "60")
+def test_a_second_sigterm_ends_a_stuck_stop_at_once(redis_proc, cluster):
+    server = cluster("--shutdown-grace", "60")
     client = server.client()
     client.login("alice")
     redis_proc.proc.send_signal(signal.SIGSTOP)  # the stop now waits on Redis

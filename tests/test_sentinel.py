@@ -6,9 +6,9 @@ import time
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, RedisProcess, scaled
+from conftest import REDIS_SERVER, RedisProcess, scaled, server_processes
 from redis_process import SentinelProcess
-from test_cluster import BACK, LOST, ServerProcess, online_count
+from test_cluster import BACK, LOST, online_count
 
 from chatroom import redisdb
 
@@ -42,17 +42,7 @@ def sentinel(tmp_path):
 
 @pytest.fixture
 def servers(sentinel):
-    started = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(sentinel.url, "--rate-limit", "0", "--dead-after", "3", *args)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        server.log.close()
+    yield from server_processes(sentinel.url, "--dead-after", "3")
 
 
 def test_sentinel_urls_are_checked_when_parsed():
