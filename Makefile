@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run client web test lint redis-server chromium clean fuzz bench bench-quick screenshot
+.PHONY: install run client web test lint redis-server chromium clean fuzz bench bench-10k bench-quick screenshot
 
 $(RUN_STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
 	$(PY) bench/run.py $(ARGS)
+
+## make bench-10k: 10,000 users on one process (the capacity scenario, once, up to 180 s to log in); Redis's
+## maxclients and every open-file limit must allow 3 sockets a user: README "10,000 users on one process"
+bench-10k: $(STAMP)
+	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory redis-server
+	$(PY) bench/run.py --backends real --scenarios capacity --capacity-sizes 10000 --runs 1 --capacity-timeout 180 \
+		--redis-maxclients 25000 --server-arg=--max-clients=10000 $(ARGS)
 
 ## make bench-quick: one run of smaller scenarios, a smoke test of the benchmark (about 2 minutes)
 bench-quick: $(STAMP)
