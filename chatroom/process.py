@@ -69,8 +69,13 @@ def lean_malloc() -> None:
         logger.warning("could not restart with %s: %s", MALLOC_TUNABLES, exc)
 
 
-def set_thread_stack_size(size: int = THREAD_STACK_SIZE) -> None:
-    """Give every thread started from now on a stack of ``size`` bytes (0: the system's default)."""
+def set_thread_stack_size(size: int | None = None) -> None:
+    """Give every thread started from now on a stack of ``size`` bytes (0: the system's default).
+
+    None: :data:`THREAD_STACK_SIZE`, read now (bench/variant.py changes it for its A/B runs).
+    """
+    if size is None:
+        size = THREAD_STACK_SIZE
     try:
         threading.stack_size(size)
     except (ValueError, RuntimeError) as exc:  # a platform that refuses it: keep its default
