@@ -13,7 +13,11 @@ Scenarios (``--scenarios``, comma-separated):
             most 16 unacknowledged (a sender's own echo acknowledges).
   fixed     N = 200; 10 senders at 10 messages/s for 20 s (20,000 deliveries/s).
   rtt       ./online and ./activity round trips with 10 and 1000 users online.
-  capacity  connect and name up to 3,000 clients, then one broadcast to all.
+  logins    login round trips (connect, nickname, changeNameFirst1): 200 users
+            arriving together on a fresh server, then 50 one at a time.
+  capacity  connect and name up to 3,000 clients, then one broadcast to all;
+            then all leave at once, and the server must be back to its threads
+            and Redis to its subscriptions of before.
   websocket N = 200 clients on the web listener (--ws-port), speaking WebSocket:
             the fan-out runs of ``fanout``, and the server's RSS and threads
             per WebSocket client.
