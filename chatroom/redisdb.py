@@ -296,8 +296,11 @@ def connect_redis(config: Config) -> redis.Redis:
             raise SystemExit(MISSING_PACKAGES.format(name="fakeredis")) from None
 
         logger.warning("no Redis URL given: using an embedded in-process fakeredis (one process only)")
-        pool = redis.ConnectionPool(
-            connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(), max_connections=pool_size
+        # Blocking, as for a real Redis: more readers than connections wait
+        # for one instead of failing with "Too many connections".
+        pool = redis.BlockingConnectionPool(
+            connection_class=fakeredis.FakeRedisConnection, server=fakeredis.FakeServer(),
+            max_connections=pool_size, timeout=POOL_WAIT,
         )
         return redis.Redis(connection_pool=pool)
     idle, interval, count = REDIS_KEEPALIVE

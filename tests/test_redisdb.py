@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
-from conftest import RawClient
+from conftest import RawClient, scaled
 
 from chatroom import redisdb
+from chatroom.config import Config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,3 +50,19 @@ def test_with_redis_py_as_pinned_the_listeners_take_the_fast_path(make_server):
         assert redisdb.raw_pubsub_socket(conn.broadcast_sub.connection) is not None
     finally:
         client.close()
+
+
+def test_on_the_embedded_redis_a_command_waits_for_a_busy_pool_instead_of_failing():
+    # Found by make bench: 1,000 logins at once on the embedded Redis were
+    # refused with "Too many connections" once 32 commands were in flight.
+    rdb = redisdb.connect_redis(Config())
+    pool = rdb.connection_pool
+    held = [pool.get_connection() for _ in range(redisdb.COMMAND_CONNECTIONS)]
+    releaser = threading.Timer(scaled(0.2), pool.release, args=(held.pop(),))
+    releaser.start()
+    try:
+        assert rdb.ping()  # on the connection released meanwhile
+    finally:
+        releaser.join()
+        for connection in held:
+            pool.release(connection)
