@@ -804,16 +804,20 @@ def run_stop(bench: Bench, n: int, args):
         server.wait(10)
     bench.server = None
     stats = bench.stats()
-    left = None
+    left, errors = None, []
     if bench.redis_url:
         with redis.Redis.from_url(bench.redis_url) as client:
-            left = sum(client.hlen(key) for key in client.scan_iter("*usersOnline"))
+            ids = [uid.decode() for key in client.scan_iter("*usersOnline") for uid in client.hkeys(key)]
+            left = len(ids)
+            if ids:  # which ones, for the server's log (-v names each user's thread conn-<id>)
+                errors.append(f"left in Redis: user ids {', '.join(sorted(ids, key=int)[:10])}")
     yield {
         "stop_s": stop_s if code is not None else None,
         "exit_code": code,
         "told": stats["shutdown_notices"],
         "users": n - reset,
         "left_in_redis": left,
+        "errors": errors,
     }
 
 
