@@ -23,6 +23,7 @@ from conftest import (
     RedisProcess,
     free_port,
     redis_connections_held,
+    scaled,
     threads_back_to,
 )
 
@@ -665,6 +666,32 @@ def test_shutdown_tells_users_removes_them_and_ends_every_thread(make_server, re
         for client in clients:
             client.close()
     assert threads_back_to(threads_before) == []
+    assert redis_client.hlen(server.keys.users_online) == 0
+    assert redis_client.hlen(server.keys.users_by_name) == 0
+
+
+def test_a_user_who_leaves_as_the_stop_begins_is_removed_from_redis_too(make_server, redis_client, monkeypatch):
+    # The interleaving make bench's stop found: a reset reaches the server just
+    # as the stop begins, and the leaving user is gone from the server's list
+    # of connections before the stop lists the users it removes itself.
+    server = make_server()
+    early, late = RawClient(server.port), RawClient(server.port)
+    early.login("early")
+    late.login("late")
+    listing = server._local_connections
+
+    def list_after_a_leave():
+        early.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        early.close()  # a reset
+        assert server.wait_for_connections(1, scaled(10))
+        return listing()
+
+    monkeypatch.setattr(server, "_local_connections", list_after_a_leave)
+    try:
+        server.shutdown()
+        assert any("The server is shutting down" in f for f in late.expect_closed())
+    finally:
+        late.close()
     assert redis_client.hlen(server.keys.users_online) == 0
     assert redis_client.hlen(server.keys.users_by_name) == 0
 
