@@ -9,7 +9,8 @@ over a pipe, one command at a time, and every command answers with one reply:
     ("join", room_size, timeout)               client i joins room i // room_size
     ("chat", spec)                             send numbered messages, check deliveries
     ("quiet", seconds, timeout)                wait until nothing has arrived for a while
-    ("reset", count)                           reset (RST, no goodbye) the first ``count`` clients
+    ("reset", count[, everyone])               reset (RST, no goodbye) the first ``count`` logged-in
+                                               clients (everyone: open ones, logged in or not)
     ("stats",)                                 frames seen, shutdown notices, clients still open
     ("close",)                                 close every client and exit
 
@@ -504,13 +505,14 @@ class Worker:
             "errors": self.errors[-5:],
         }
 
-    def reset(self, count: int) -> dict:
-        """Close ``count`` logged-in clients with a reset (SO_LINGER 0), as a crashed client would."""
+    def reset(self, count: int, everyone: bool = False) -> dict:
+        """Close ``count`` logged-in clients (``everyone``: open ones, logged in or not) with a reset
+        (SO_LINGER 0), as a crashed client would."""
         done = 0
         for c in list(self.clients.values()):
             if done >= count:
                 break
-            if c.logged_in and not c.closed:
+            if (c.logged_in or everyone) and not c.closed:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.drop(c, "reset by the benchmark")
                 done += 1

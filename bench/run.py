@@ -321,11 +321,11 @@ class Bench:
         """Every logged-in client joins room index // room_size."""
         replies = self.all([("join", room_size, timeout)] * len(self.pipes), timeout + 30)
         return {"joined": sum(r["joined"] for r in replies), "errors": [e for r in replies for e in r["errors"]]}
-    def reset(self, count: int) -> int:
-        """Reset ``count`` clients, split over the workers."""
+    def reset(self, count: int, everyone: bool = False) -> int:
+        """Reset ``count`` logged-in clients (``everyone``: open ones, logged in or not), split over the workers."""
         nw = len(self.pipes)
         shares = [count // nw + (1 if w < count % nw else 0) for w in range(nw)]
-        return sum(r["reset"] for r in self.all([("reset", share) for share in shares], 30))
+        return sum(r["reset"] for r in self.all([("reset", share, everyone) for share in shares], 30))
 
     def stats(self) -> dict:
         replies = self.all([("stats",)] * len(self.pipes), 30)
@@ -584,7 +584,7 @@ def run_capacity(bench: Bench, n: int, args):
         out["broadcast_all_ms"] = result["max_ms"]
         out["broadcast_p50_ms"] = result["p50_ms"]
         out["broadcast_lost"] = result["lost"]
-        out.update(released_after_leaving(bench, base, redis_base, logged, args.login_timeout))
+        out.update(released_after_leaving(bench, base, redis_base, n, args.login_timeout))
     yield out
 
 
@@ -600,7 +600,7 @@ def released_after_leaving(bench: Bench, base: dict, redis_base: int | None, cou
     """Every client leaves at once (a reset each): how long until the server is back to its threads
     and Redis to its subscriptions of before the logins, and what is left when ``timeout`` passes."""
     t0 = time.monotonic()
-    bench.reset(count)
+    bench.reset(count, everyone=True)  # logins still in flight at the time limit too: their threads count
     while True:
         threads_left = proc_status(bench.server.pid)["threads"] - base["threads"]
         subscribed = subscribed_connections(bench)
