@@ -66,3 +66,4 @@ def test_on_the_embedded_redis_a_command_waits_for_a_busy_pool_instead_of_failin
         releaser.join()
         for connection in held:
             pool.release(connection)
+        pool.disconnect()
