@@ -657,7 +657,11 @@ class ChatServer:
         names need no entry in usersByName (the id is in the name), and the
         first rename has no name to release.
         """
-        conn.id = redisdb.add_user(self.rdb, self.keys, self.server_id)  # one round trip
+        conn.registering = True  # its id may be in Redis before it is known here (see Membership.reconcile)
+        try:
+            conn.id = redisdb.add_user(self.rdb, self.keys, self.server_id)  # one round trip
+        finally:
+            conn.registering = False
         conn.name = p.guest_name(conn.id)
         conn.name_key = p.name_key(conn.name)
         conn.advance(State.GUEST)

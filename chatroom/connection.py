@@ -132,6 +132,8 @@ class Connection:
         #: Its records left Redis (see mark_removed).
         self.removed = False
         self.id = ""
+        #: True while its registration (redisdb.add_user) is on its way: Redis may know its id before we do.
+        self.registering = False
         self.name = ""
         self.name_key = ""
         #: True for a client of the TLS port (its ``sock`` is a :class:`~chatroom.tls.TlsStream`).
