@@ -71,6 +71,7 @@ except ImportError as exc:  # python server.py with a bare Python
 import protocol as p
 from chatroom import process, redisdb
 from chatroom.accounts import Accounts, PasswordHasher
+from chatroom.announcer import Announcer
 from chatroom.cluster import CLEANUP_CHUNK, Membership, RedisHealth
 from chatroom.config import Config, parse_args
 from chatroom.connection import (
@@ -160,6 +161,7 @@ class ChatServer:
         )
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
         self.history = History(self.rdb, config.history)
+        self.announcer = Announcer(self.rdb, self.listeners.linger_seconds, self.health.report)
         self.rooms = Rooms(self.rdb, self.keys, config, self.listeners, self.history)
         self.control = ControlChannel(self.rdb, self.keys.control, self._shutting_down, config.close_timeout)
         self.sanctions = Sanctions(self.rdb, self.keys)
@@ -631,6 +633,7 @@ class ChatServer:
         # was on nobody's list: make bench's stop found 4 of 150 such users
         # left in Redis).
         if conn.in_redis and conn not in self._removed_by_the_stop:
+            self.await_own_join(conn)  # its leave notice after its join notice
             try:
                 self.user_remove(conn)
             except redis.RedisError as exc:
@@ -840,6 +843,7 @@ class ChatServer:
         keeps is the Go one's place between reading and processing, and the
         answer when Redis fails.
         """
+        self.await_own_join(conn)
         try:
             return self.message_processing(conn, msg, batch)
         except redis.RedisError as exc:
@@ -848,6 +852,13 @@ class ChatServer:
             self.health.report(exc, f"{conn!r}: handling {p.redacted(msg)!r}")
             conn.reply_text("server_error")
             return None
+
+    def await_own_join(self, conn: Connection) -> None:
+        """Wait until the user's join notice is out, if it is still queued: nothing it does may overtake it."""
+        announced = conn.announced
+        if announced is not None:
+            announced.wait(self.config.close_timeout)
+            conn.announced = None
 
     def message_processing(self, conn: Connection, msg: str, batch: Batch) -> object:
         """Parse one payload and dispatch it.
@@ -915,12 +926,16 @@ class ChatServer:
                 # first nickname) is announced too: its leaving will be.
                 if conn.advance(State.JOINED):
                     if mark == p.CHANGE_NAME_FIRST:
-                        # History first: the join goes out with this message's
-                        # other writes, in one round trip.  A guest who chatted
-                        # before ./cd2 has seen the room live: no history.
+                        # History first.  A guest who chatted before ./cd2
+                        # has seen the room live: no history.
                         self.history.send(conn, keys.history)
+                    # What it said as a guest goes out before its join does.
+                    self.flush(conn, batch)
                     joined = self.text("joined", name=self.get_users_name(conn))
-                    batch.pipe.publish(keys.broadcast, system_payload(p.CHANNEL, p.BROADCAST, joined))
+                    # Batched with the joins of others arriving now (chatroom/announcer.py).
+                    conn.announced = self.announcer.announce(
+                        keys.broadcast, system_payload(p.CHANNEL, p.BROADCAST, joined)
+                    )
             elif result == Rename.REFUSED:
                 # The original answers a taken name with changeNameFirst0 for
                 # both marks; kept, since clients key on it.

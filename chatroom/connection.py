@@ -165,6 +165,8 @@ class Connection:
         #: The payload that tells this user the server is stopping, once a stop began:
         #: its personal listener ends the connection after forwarding it.
         self.farewell: bytes | None = None
+        #: Set once the user's join notice is published (chatroom/announcer.py); None once awaited.
+        self.announced: threading.Event | None = None
         #: Why the connection ended, once known (a ``chatroom.metrics`` reason).
         self.leave_reason: str | None = None
         # What chatroom.metrics adds up at scrape time; plain integers, each

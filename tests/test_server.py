@@ -28,7 +28,7 @@ from conftest import (
 )
 
 import protocol as p
-from chatroom import process
+from chatroom import announcer, process
 from chatroom.config import parse_args
 from chatroom.listener import ListenerEngine
 from framing import encode
@@ -426,6 +426,35 @@ def test_a_guest_taking_its_first_name_with_changename_is_announced_as_joined(co
     bob.send("channel:channel1:quit:")
     alice.expect(LEFT.format("bob"))
     assert alice.seen.count(JOIN.format("bob")) == 1
+
+
+def test_newcomers_arriving_together_are_each_announced_before_what_they_say(connect, monkeypatch):
+    # Their joins go out in batches (chatroom/announcer.py); a long window makes every one after the first wait.
+    monkeypatch.setattr(announcer, "BATCH_WINDOW", scaled(0.5))
+    alice = connect()
+    alice.login("alice")
+    newcomers = [connect() for _ in range(5)]
+    for i, newcomer in enumerate(newcomers):
+        newcomer.send(f"individual::changeNameFirst:n{i}")
+        newcomer.send(f"channel:channel1::hello from n{i}")
+    newcomers[0].send("channel:channel1:quit:")  # leaves at once: its leave notice after its join
+    awaited = {f"channel:channel1:n{i}:hello from n{i}\n" for i in range(5)} | {LEFT.format("n0")}
+    while awaited:
+        awaited.discard(alice.expect(lambda f: f in awaited))
+    for i in range(5):
+        assert alice.seen.index(JOIN.format(f"n{i}")) < alice.seen.index(f"channel:channel1:n{i}:hello from n{i}\n")
+    assert alice.seen.index(JOIN.format("n0")) < alice.seen.index(LEFT.format("n0"))
+
+
+def test_what_a_guest_said_before_its_first_name_comes_before_its_join(connect, monkeypatch):
+    monkeypatch.setattr(announcer, "BATCH_WINDOW", scaled(0.5))
+    alice, bob = connect(), connect()
+    alice.login("alice")
+    bob.send("channel:channel1::hi as a guest")
+    bob.send("individual:guest:changeName:bob")
+    said = alice.expect(lambda f: f.endswith(":hi as a guest\n"))
+    alice.expect(JOIN.format("bob"))
+    assert alice.seen.index(said) < alice.seen.index(JOIN.format("bob"))
 
 
 # --- bad input ---------------------------------------------------------------
