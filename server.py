@@ -161,7 +161,7 @@ class ChatServer:
         )
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
         self.history = History(self.rdb, config.history)
-        self.announcer = Announcer(self.rdb, self.listeners.linger_seconds, self.health.report)
+        self.announcer = Announcer(self.rdb, lambda: len(self.connections), config.wakeup_budget, self.health.report)
         self.rooms = Rooms(self.rdb, self.keys, config, self.listeners, self.history)
         self.control = ControlChannel(self.rdb, self.keys.control, self._shutting_down, config.close_timeout)
         self.sanctions = Sanctions(self.rdb, self.keys)

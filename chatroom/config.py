@@ -297,8 +297,8 @@ class Config:
     #: MAX_LINGER.  0 = the fixed linger above.
     wakeup_budget: float = setting(
         5000.0,
-        "busy listeners wake about this often a second at most; they linger longer in bigger rooms "
-        "(0: a fixed 10 ms linger)",
+        "busy listeners wake about this often a second at most; they linger longer in bigger rooms, "
+        "and join notices go out in batches further apart (0: a fixed 10 ms linger, batches 0.1 s apart)",
         convert=_number(float, 0),
         metavar="PER_S",
     )

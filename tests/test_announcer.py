@@ -33,7 +33,7 @@ def test_a_join_after_a_quiet_spell_goes_out_at_once_and_those_close_behind_it_t
     window = scaled(1.0)
     monkeypatch.setattr(announcer, "BATCH_WINDOW", window)
     sub = subscribed(redis_client, "room")
-    joins = Announcer(redis_client, lambda: 0.0, lambda exc, context: pytest.fail(f"{context}: {exc}"))
+    joins = Announcer(redis_client, lambda: 1, 5000, lambda exc, context: pytest.fail(f"{context}: {exc}"))
     started = time.monotonic()
     assert joins.announce("room", b"first").is_set()  # nothing went out lately: published before it returns
     data, came = next_message(sub)
@@ -56,6 +56,11 @@ def test_a_join_after_a_quiet_spell_goes_out_at_once_and_those_close_behind_it_t
 def test_a_redis_failure_is_reported_and_nobody_is_left_waiting():
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=1)
     reports = []
-    joins = Announcer(unreachable, lambda: 0.0, lambda exc, context: reports.append((type(exc), context)))
+    joins = Announcer(unreachable, lambda: 1, 5000, lambda exc, context: reports.append((type(exc), context)))
     assert joins.announce("room", b"lost").is_set()
     assert reports == [(redis.ConnectionError, "announcing 1 join(s)")]
+
+
+@pytest.mark.parametrize(("users", "budget", "window"), [(1, 5000, 0.1), (1000, 5000, 0.2), (10000, 5000, 2.0), (10000, 0, 0.1)])
+def test_batches_are_further_apart_in_bigger_rooms_within_the_wakeup_budget(users, budget, window):
+    assert Announcer(None, lambda: users, budget, None).window() == pytest.approx(window)
