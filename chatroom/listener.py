@@ -38,7 +38,11 @@ logger = logging.getLogger("chatroom.server")
 #: Bytes a busy (lingering) listener reads at once: a buffer of its own while
 #: busy, given back when idle.  Idle, it reads into its connection's small
 #: buffer (redisdb.PUBSUB_READ_SIZE), so idle users cost little memory.
-BUSY_READ_SIZE = 16384
+#: hiredis keeps a buffer of the biggest read it was fed (up to twice that,
+#: until it is fed again): since join notices come in batches, 16 KiB reads
+#: cost 3,000 users 130 KB each, 8 KiB 110 KB, 4 KiB 98 KB but fan-out a third
+#: of its rate at N = 200 (make bench capacity and fanout, docs/BENCHMARKS.md).
+BUSY_READ_SIZE = 8192
 #: Most pub/sub messages a listener takes from its buffer per wake-up.
 DRAIN_LIMIT = 256
 #: The longest a busy listener lingers, however big the room: a delay people hardly notice.
