@@ -37,7 +37,8 @@ logger = logging.getLogger("chatroom.server")
 #: While joins come faster than this, they go out together once per this at
 #: least (more in big rooms, see Announcer.window).  200 users arriving
 #: together: 0.01 s saved 7 % of the server's CPU, 0.05 s 15 %, 0.1 s 22 %
-#: (p50 of their logins 230 -> 175 ms), no notices at all 35 %.
+#: (p50 of their logins 230 -> 175 ms), no notices at all 35 %.  0: no
+#: batches, every notice published at once (the A/B of docs/BENCHMARKS.md).
 BATCH_WINDOW = 0.1
 
 
@@ -71,8 +72,8 @@ class Announcer:
         batch each N / budget seconds keeps the notices within the budget's
         wake-ups a second (1,000 users: 0.2 s; 10,000: 2 s).
         """
-        if self.wakeup_budget <= 0:
-            return BATCH_WINDOW
+        if BATCH_WINDOW <= 0 or self.wakeup_budget <= 0:
+            return max(BATCH_WINDOW, 0.0)
         return max(BATCH_WINDOW, self.users_connected() / self.wakeup_budget)
 
     def announce(self, channel: str, payload: bytes) -> threading.Event:
