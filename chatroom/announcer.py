@@ -1,4 +1,4 @@
-"""Join notices, published in batches while users arrive faster than a listener's linger.
+"""Join notices, published in batches while users arrive close together.
 
 Every join notice wakes every broadcast listener of the room.  When 200 users
 arrive together, 200 notices one by one cost the process 20,000 deliveries in
@@ -106,7 +106,6 @@ class Announcer:
         except redis.RedisError as exc:
             # Only notices were lost: nobody waits for an answer about them.
             self.report(exc, f"announcing {len(batch)} join(s)")
-        finally:
-            pipe.reset()
+        finally:  # execute() resets the pipeline itself
             for *_, published in batch:
                 published.set()
