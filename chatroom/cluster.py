@@ -117,9 +117,24 @@ class RedisHealth:
 
     @property
     def listeners_back(self) -> bool:
-        """True when no listener is still waiting to subscribe again."""
+        """True when no listener is waiting to subscribe again, nor still subscribed on a Redis we left.
+
+        After a failover :meth:`~chatroom.listener.ListenerEngine.follow` cuts
+        every subscription made on the old master, and each listener notices
+        its cut in its own time: one that has not yet is not back either, or
+        "back" would be said between a user's two listeners, and "lost"
+        again after it (test_sentinel, under load).
+        """
         with self._lock:
-            return self._resubscribing == 0
+            if self._resubscribing:
+                return False
+        run_id = self.run_id
+        return not any(
+            under is not None and under != run_id
+            for conn in self.local_connections()
+            if conn.alive
+            for under in conn.subscribed_under
+        )
 
     def note_down(self) -> None:
         """Tell every local user, once, that Redis is unreachable."""
@@ -323,7 +338,7 @@ class Membership:
                 raise
         if run_id is not None:
             health.run_id = run_id
-        if health.listeners_back:
+        if health.down and health.listeners_back:
             health.note_up()
 
     def reconcile(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 import redis
@@ -11,6 +12,7 @@ from redis_process import SentinelProcess
 from test_cluster import BACK, LOST, online_count
 
 from chatroom import redisdb
+from chatroom.cluster import RedisHealth
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -56,6 +58,22 @@ def test_sentinel_urls_are_checked_when_parsed():
     with pytest.raises(ValueError) as refused:
         redisdb.check_redis_url("redis+sentinel://:hunter2@h/chat")
     assert "hunter2" not in str(refused.value)
+
+
+def test_back_waits_for_every_listener_cut_by_a_failover_not_only_the_first_to_notice():
+    user = types.SimpleNamespace(alive=True, subscribed_under=["old", "old"])
+    health = RedisHealth(None, lambda: [user])
+    health.run_id = "new"  # the heartbeat found the new master and cut both subscriptions
+    with health.resubscribing():  # the broadcast listener noticed first
+        user.subscribed_under[0] = None
+        assert not health.listeners_back
+    user.subscribed_under[0] = "new"
+    assert not health.listeners_back, "the personal listener is still on the old master"
+    user.subscribed_under[1] = "new"
+    assert health.listeners_back
+    user.subscribed_under[1] = "old"
+    user.alive = False  # a user leaving is not waited for
+    assert health.listeners_back
 
 
 def chat_survives_a_failover(sentinel, servers, fail_over) -> None:
