@@ -684,12 +684,10 @@ class ChatServer:
             return Rename.REFUSED, problem
         with conn.state_lock:
             try:
-                # Not atomic with the claim: a name registered in between was
-                # held by its registrant, whose login takes it back anyway.
-                problem = self.accounts.name_problem(conn, new_name)
-                if problem is not None:
-                    return Rename.REFUSED, problem
-                renamed = redisdb.claim_name(self.rdb, self.keys, conn.id, new_name, release=conn.name_key)
+                claim = redisdb.claim_name(
+                    self.rdb, self.keys, conn.id, new_name,
+                    release=conn.name_key, account=self.accounts.guarded_account(conn, new_name),
+                )
             except redis.RedisError as exc:
                 self.health.report(exc, f"{conn!r}: renaming to {new_name!r}")
                 if redisdb.outcome_unknown(exc):
@@ -698,7 +696,9 @@ class ChatServer:
                     conn.uncertain_names.add(p.name_key(new_name))
                     return Rename.FAILED, "rename_timeout"
                 return Rename.FAILED, "rename_failed"
-            if not renamed:
+            if claim is redisdb.Claim.REGISTERED:
+                return Rename.REFUSED, "name_registered"
+            if claim is redisdb.Claim.TAKEN:
                 return Rename.REFUSED, "name_taken"
             conn.name, conn.name_key = new_name, p.name_key(new_name)
         logger.info("%r: renamed to %r", conn, new_name)

@@ -2,7 +2,7 @@
 
 An account is a name with a password.  Once registered, the name is taken
 only by logging in: a first nickname or a rename to it is refused (see
-:meth:`Accounts.name_problem`).  The commands, answered ``<mark>1`` or
+:meth:`Accounts.guarded_account`).  The commands, answered ``<mark>1`` or
 ``<mark>0:<reason>`` (:mod:`protocol`)::
 
     individual:<me>:register:<password>       registers the name held now   -> register1:<me>
@@ -314,12 +314,16 @@ class Accounts:
 
     # --- what other code asks ---------------------------------------------------
 
-    def name_problem(self, conn: Connection, name: str) -> str | None:
-        """"name_registered" if ``name`` is an account ``conn`` does not hold, else None (raises RedisError)."""
+    def guarded_account(self, conn: Connection, name: str) -> str:
+        """The account (name_key) that forbids ``conn`` to take ``name`` if it exists; "" when none can.
+
+        The claim itself checks it (:func:`~chatroom.redisdb.claim_name`),
+        in the same atomic step.
+        """
         name_key = p.name_key(name)
         if name_key == conn.account or p.guest_id(name) is not None:
-            return None
-        return "name_registered" if self.rdb.exists(self.keys.account(name_key)) else None
+            return ""
+        return name_key
 
     def is_operator(self, conn: Connection) -> bool:
         """Whether ``conn`` holds an account with the operator flag, now (a revocation counts at once)."""

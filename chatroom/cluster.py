@@ -381,7 +381,7 @@ class Membership:
             conn.send_payload(system_payload(p.INDIVIDUAL, conn.name, conn.text("bus_lost")))
             conn.shutdown_socket()
             return
-        if p.guest_id(conn.name) is None and not redisdb.claim_name(self.rdb, keys, conn.id, conn.name):
+        if p.guest_id(conn.name) is None and redisdb.claim_name(self.rdb, keys, conn.id, conn.name) is not redisdb.Claim.CLAIMED:
             # Someone took the name while Redis forgot ours: back to a guest
             # name, which the client learns as after a rename.
             conn.name = p.guest_name(conn.id)

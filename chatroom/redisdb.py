@@ -11,6 +11,7 @@ this was written and tested for is pinned in setup.cfg.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import socket
@@ -569,6 +570,9 @@ def add_user(rdb: redis.Redis, keys: Keys, server_id: str) -> str:
 #: old name_key ("" for none).  Claims the new name unless another user holds
 #: it (then returns 0), records it, frees the old one if this user still holds it.
 _RENAME = """
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return -1
+end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
   return 0
 end
@@ -580,16 +584,29 @@ return 1
 """
 
 
-def claim_name(rdb: redis.Redis, keys: Keys, user_id: str, name: str, release: str = "") -> bool:
-    """Take ``name`` for ``user_id`` and record it, unless another user holds it; True: taken.
+class Claim(enum.IntEnum):
+    """What :func:`claim_name` found: the script's answer."""
+
+    REGISTERED = -1  # the name is an account the user does not hold
+    TAKEN = 0  # another user holds it
+    CLAIMED = 1
+
+
+def claim_name(rdb: redis.Redis, keys: Keys, user_id: str, name: str, release: str = "", account: str = "") -> Claim:
+    """Take ``name`` for ``user_id`` and record it, unless another user holds it.
 
     One atomic round trip, which also frees the name with the ``name_key``
-    ``release`` if this user still holds it.  Guest names are never claimed
-    (the id is in the name): there is nothing to release.
+    ``release`` if this user still holds it.  ``account``: a name_key whose
+    account, if it exists, refuses the claim in the same step (so a name
+    registered meanwhile cannot be taken by a guest).  Guest names are never
+    claimed (the id is in the name): there is nothing to release.
     """
     if p.guest_id(release) is not None:
         release = ""
-    return bool(rdb.eval(_RENAME, 2, keys.users_by_name, keys.users_name, p.name_key(name), user_id, name, release))
+    guard = keys.account(account) if account else ""
+    return Claim(
+        rdb.eval(_RENAME, 3, keys.users_by_name, keys.users_name, guard, p.name_key(name), user_id, name, release)
+    )
 
 
 #: Compare and delete, for each (name_key, user id) pair in ARGV: the name is

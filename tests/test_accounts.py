@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, RawClient
 
 import protocol as p
-from chatroom import accounts
+from chatroom import accounts, redisdb
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,6 +217,18 @@ def test_a_login_takes_the_name_from_an_unauthenticated_holder(connect, chat_ser
     watcher.expect(f"channel:channel1:{guest}:and me?\n")
     mallory.send(f"individual:{guest}:changeName:alice")
     answer(mallory, guest, "changeNameFirst0")
+
+
+def test_the_account_check_and_the_claim_are_one_step(chat_server, redis_client):
+    """A name registered after a rename's checks began is refused, not taken (the claim checks it)."""
+    keys = chat_server.keys
+    redis_client.hset(keys.account("alice"), mapping={"name": "alice", "hash": "x", "created": 0})
+    claim = redisdb.claim_name(redis_client, keys, "41", "Alice", account="alice")
+    assert claim is redisdb.Claim.REGISTERED
+    assert redis_client.hget(keys.users_by_name, "alice") is None and redis_client.hget(keys.users_name, "41") is None
+    assert redisdb.claim_name(redis_client, keys, "41", "Alice") is redisdb.Claim.CLAIMED  # its holder
+    assert redisdb.claim_name(redis_client, keys, "42", "bob", account="bob") is redisdb.Claim.CLAIMED
+    assert redisdb.claim_name(redis_client, keys, "43", "BOB", account="bob") is redisdb.Claim.TAKEN
 
 
 # --- throttling ----------------------------------------------------------------------------
