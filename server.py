@@ -101,6 +101,8 @@ logger = logging.getLogger("chatroom.server")
 BATCH_LIMIT = 64
 #: Seconds a refused connection gets to take its one refusal frame.
 REFUSAL_SEND_TIMEOUT = 1.0
+#: Seconds the accept loop waits when it has no descriptor left even to refuse a connection.
+OUT_OF_FILES_PAUSE = 0.1
 #: The listening socket's backlog: logins that arrive together wait there, not refused.
 LISTEN_BACKLOG = 1024
 
@@ -317,7 +319,8 @@ class ChatServer:
                 for key, _ in selector.select():
                     if key.fileobj is not wake:
                         self._accept(key.fileobj)
-        os.close(self._spare_fd)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
         for end in self._wake_accept:
             end.close()
         self._stopped.wait()
@@ -408,15 +411,26 @@ class ChatServer:
             sock.close()
 
     def _refuse_out_of_files(self, listener: socket.socket) -> None:
+        """Out of file descriptors: refuse the waiting connection through the spare one, then take it back.
+
+        Another thread may take the freed descriptor first (a listener
+        opening its pub/sub connection): then no connection can be accepted,
+        not even to be refused, and the loop pauses a moment rather than spin
+        on a listener it cannot serve, until one is free again.
+        """
         logger.error("out of file descriptors: refusing a connection")
-        os.close(self._spare_fd)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = listener.accept()
+                self.refuse(sock, "server_busy")
+            except OSError:
+                pass
         try:
-            sock, _ = listener.accept()
-            self.refuse(sock, "server_busy")
-        except OSError:
-            pass
-        finally:
             self._spare_fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            self._shutting_down.wait(OUT_OF_FILES_PAUSE)
 
     def _forget(self, conn: Connection) -> None:
         with self._connections_lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import resource
 import select
 import socket
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 from conftest import ROOT, RawClient, scaled, threads_back_to
@@ -240,6 +243,40 @@ LOW_FILE_LIMIT_SERVER = (
     "sys.argv = ['server.py', '--port', '0', '--max-per-ip', '0', '--login-timeout', '0']; "
     f"sys.path.insert(0, {str(ROOT)!r}); runpy.run_path({str(ROOT / 'server.py')!r}, run_name='__main__')"
 )
+
+
+@pytest.mark.timeout(30)
+def test_a_spare_descriptor_taken_by_another_thread_pauses_the_accept_loop_not_ends_it(monkeypatch):
+    """make bench-10k at the 20,000-file limit: the freed spare was taken at once, and reopening it raised."""
+    import server
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    waiting = socket.create_connection(listener.getsockname())
+    accept_loop = types.SimpleNamespace(
+        _spare_fd=os.open(os.devnull, os.O_RDONLY),
+        _shutting_down=threading.Event(),
+        refuse=lambda sock, reason: (sock.sendall(reason.encode()), sock.close()),
+    )
+
+    def out_of_files(*args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(server.os, "open", out_of_files)
+            server.ChatServer._refuse_out_of_files(accept_loop, listener)  # the waiting one refused, no spare
+            assert accept_loop._spare_fd is None
+            started = time.monotonic()
+            server.ChatServer._refuse_out_of_files(accept_loop, listener)  # nothing to refuse with: a pause
+            assert time.monotonic() - started >= server.OUT_OF_FILES_PAUSE
+        assert waiting.recv(100) == b"server_busy"
+        server.ChatServer._refuse_out_of_files(accept_loop, listener)  # descriptors free again: the spare is back
+        assert accept_loop._spare_fd is not None
+    finally:
+        if accept_loop._spare_fd is not None:
+            os.close(accept_loop._spare_fd)
+        waiting.close()
+        listener.close()
 
 
 @pytest.mark.timeout(90)
