@@ -566,9 +566,11 @@ def add_user(rdb: redis.Redis, keys: Keys, server_id: str) -> str:
     return str(user_id)
 
 
-#: A rename: KEYS usersByName, usersName; ARGV new name_key, user id, new name,
-#: old name_key ("" for none).  Claims the new name unless another user holds
-#: it (then returns 0), records it, frees the old one if this user still holds it.
+#: A rename: KEYS usersByName, usersName, the account that forbids the name
+#: ("" for none); ARGV new name_key, user id, new name, old name_key ("" for
+#: none).  Refuses the name if that account exists (returns -1), claims it
+#: unless another user holds it (then returns 0), records it, frees the old
+#: one if this user still holds it (returns 1): see Claim.
 _RENAME = """
 if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   return -1
