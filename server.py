@@ -1152,6 +1152,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before any thread starts: threads inherit these.
     sys.setswitchinterval(process.SWITCH_INTERVAL)
     process.set_thread_stack_size()
+    buckets = process.widen_futex_hash(process.THREADS_PER_CLIENT * config.max_clients)
+    if buckets is not None:
+        logger.info("futex hash table: %d buckets", buckets)
     pinned = process.pin_to_cpu(config.cpu, config.port)
     if pinned is not None:
         logger.info("running on CPU %d", pinned)

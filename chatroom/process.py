@@ -32,6 +32,25 @@ SWITCH_INTERVAL = 0.05
 #: heap in CPython 3.11).  0: the default.
 THREAD_STACK_SIZE = 512 * 1024
 
+#: Linux (6.16 and later) gives a threaded process a futex hash table of its
+#: own, of 4 buckets per CPU and at least 16: 16 on a 2-core machine, for
+#: thousands of threads.  Every thread blocked on a lock (the GIL's above
+#: all) waits in one bucket's list, and every wake-up walks its bucket's list
+#: to find whom to wake.  At 16 buckets a login storm turned into a livelock:
+#: the more threads waited for the GIL, the longer each hand-off took, until
+#: the server spent its whole core in ``futex_wake`` and no login completed
+#: (docs/BENCHMARKS.md).  So the table gets this many buckets per thread the
+#: server may run (3 per client, see THREADS_PER_CLIENT); 64 bytes of kernel
+#: memory each.  0: the kernel's default (the A/B of docs/BENCHMARKS.md).
+FUTEX_BUCKETS_PER_THREAD = 4
+#: A chat client's threads: its reader and its two listeners.
+THREADS_PER_CLIENT = 3
+#: The most buckets asked for (8 MiB of kernel memory), for 10,000 users.
+MAX_FUTEX_BUCKETS = 1 << 17
+#: prctl(2) operations (linux/prctl.h).
+_PR_FUTEX_HASH = 78
+_PR_FUTEX_HASH_SET_SLOTS = 1
+
 #: The open-file limit taken when the hard limit is "unlimited".
 UNLIMITED_FILES = 1 << 20
 
@@ -80,6 +99,35 @@ def set_thread_stack_size(size: int | None = None) -> None:
         threading.stack_size(size)
     except (ValueError, RuntimeError) as exc:  # a platform that refuses it: keep its default
         logger.warning("could not set the threads' stack size: %s", exc)
+
+
+def futex_buckets(threads: int) -> int:
+    """The buckets of the futex hash table for a process of up to ``threads`` threads: a power of two."""
+    wanted = max(16, min(MAX_FUTEX_BUCKETS, threads * FUTEX_BUCKETS_PER_THREAD))
+    return 1 << (wanted - 1).bit_length()
+
+
+def widen_futex_hash(threads: int) -> int | None:
+    """Give the process a futex hash table sized for ``threads`` threads; its buckets, or None.
+
+    None where the kernel has no such table (before Linux 6.16, or not
+    Linux): there all processes share one, of 256 buckets per CPU.
+    """
+    if not sys.platform.startswith("linux") or FUTEX_BUCKETS_PER_THREAD <= 0:
+        return None
+    import ctypes
+
+    buckets = futex_buckets(threads)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_FUTEX_HASH, _PR_FUTEX_HASH_SET_SLOTS, buckets, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            logger.debug("no futex hash table of our own: %s", os.strerror(errno))
+            return None
+    except (OSError, AttributeError) as exc:
+        logger.debug("no futex hash table of our own: %s", exc)
+        return None
+    return buckets
 
 
 def raise_open_file_limit() -> None:

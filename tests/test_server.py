@@ -1026,6 +1026,30 @@ def test_python_server_py_runs_with_glibcs_per_thread_malloc_caches_off():
         proc.wait()
 
 
+def test_the_futex_hash_table_is_sized_for_the_clients_threads():
+    # In a child process: the table is the whole process's.  Its threads start
+    # after the call (as in main), and the kernel must keep the size asked for.
+    code = (
+        "import ctypes, threading\nfrom chatroom import process\n"
+        "buckets = process.widen_futex_hash(3 * 4000)\n"
+        "done = threading.Event()\n"
+        "threads = [threading.Thread(target=done.wait) for _ in range(50)]\n"
+        "for t in threads: t.start()\n"
+        "now = ctypes.CDLL(None).prctl(78, 2, 0, 0, 0)\n"
+        "done.set()\n"
+        "print(buckets, now)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    buckets, now = out.split()
+    if buckets == "None":  # a kernel without a table per process (before Linux 6.16)
+        assert int(now) < 0
+    else:
+        assert int(buckets) == int(now) == 65536
+    assert [process.futex_buckets(n) for n in (0, 3, 3 * 4000, 3 * 10_000, 3 * 1_000_000)] == [
+        16, 16, 65536, 131072, process.MAX_FUTEX_BUCKETS,
+    ]
+
+
 def test_the_threads_get_the_smaller_stack():
     code = "from chatroom import process; import threading; process.set_thread_stack_size(); print(threading.stack_size())"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
