@@ -105,6 +105,11 @@ REFUSAL_SEND_TIMEOUT = 1.0
 OUT_OF_FILES_PAUSE = 0.1
 #: The listening socket's backlog: logins that arrive together wait there, not refused.
 LISTEN_BACKLOG = 1024
+#: Times a leaving user's removal waits again for a command connection
+#: (redisdb.POOL_WAIT each) before it counts as failed: when thousands leave
+#: at once, the removals queue for the pool; a failed one is retried only by
+#: the next heartbeat's reconcile, its leave notice late.
+REMOVAL_BUSY_RETRIES = 3
 
 #: message_processing's answer when the user asked to leave (the ``quit`` mark).
 USER_QUITS = object()
@@ -159,7 +164,7 @@ class ChatServer:
         self._stop_deadline = float("inf")
         self.health = RedisHealth(self.rdb, self._local_connections, self.metrics)
         self.membership = Membership(
-            self.rdb, self.keys, config, self.health, self._local_connections, self._shutting_down
+            redisdb.heartbeat_client(self.rdb), self.keys, config, self.health, self._local_connections, self._shutting_down
         )
         self.listeners = ListenerEngine(config, self.health, lambda: len(self.connections), self._shutting_down)
         self.history = History(self.rdb, config.history)
@@ -1071,7 +1076,8 @@ class ChatServer:
                     )
                     for conn in chunk
                 ]
-                for attempt in (1, 2):
+                retried_unknown, busy = False, 0
+                while True:
                     pipe = self.rdb.pipeline(transaction=False)
                     redisdb.queue_removals(
                         pipe, self.keys, self.server_id, departures, room_history_ttl=self.config.room_history_ttl
@@ -1080,11 +1086,18 @@ class ChatServer:
                         pipe.execute()
                         break
                     except redis.RedisError as exc:
+                        # A crowd leaving at once waits for the pool in turn: not a failure yet.
+                        if redisdb.pool_busy(exc) and busy < REMOVAL_BUSY_RETRIES and time.monotonic() < deadline:
+                            busy += 1
+                            logger.debug("removing %d users: waiting for a Redis connection", len(chunk))
+                            continue
                         self.health.report(exc, f"removing {len(chunk)} users")
-                        if attempt == 2 or not redisdb.outcome_unknown(exc) or time.monotonic() >= deadline:
-                            if len(connections) == 1:
-                                raise
-                            return sum(1 for conn in leaving if conn.in_redis)
+                        if redisdb.outcome_unknown(exc) and not retried_unknown and time.monotonic() < deadline:
+                            retried_unknown = True  # it may have run: running it again is harmless
+                            continue
+                        if len(connections) == 1:
+                            raise
+                        return sum(1 for conn in leaving if conn.in_redis)
                 for conn in chunk:
                     conn.mark_removed()
                     logger.info("%r: left", conn)

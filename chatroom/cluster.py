@@ -213,7 +213,8 @@ CLEANUP_CHUNK = 200
 class Membership:
     """This process among the servers sharing one Redis.
 
-    Handed what it needs: the client, key names, settings, the Redis health,
+    Handed what it needs: the client (with connections of its own, see
+    :func:`~chatroom.redisdb.heartbeat_client`), key names, settings, the Redis health,
     the local users and the server's stop event.  ``server_id`` is set by the
     server once it knows its port.
 
@@ -308,7 +309,8 @@ class Membership:
         keys = self.keys
         health = self.health
         expiry = int(self.config.dead_after * 1000)
-        redisdb.follow_master(self.rdb)
+        for client in (self.rdb, health.rdb):  # its own connections, and the users'
+            redisdb.follow_master(client)
         pipe = self.rdb.pipeline()
         pipe.set(keys.server_alive(self.server_id), "alive", px=expiry)
         pipe.sadd(keys.servers, self.server_id)
@@ -319,14 +321,15 @@ class Membership:
             # heartbeat alive, or the other processes would reap our users.
             self.rdb.pexpire(keys.server_alive(self.server_id), expiry)
             raise
-        run_id = health.current_run_id()
+        run_id = redisdb.current_run_id(self.rdb)  # not behind the users' commands
         # A missing registration (Redis restarted without its data, or we were
         # taken for dead), another Redis (a Sentinel failover, a restart), or
         # a past outage or timeout: make Redis agree with our sockets.
         changed = run_id is not None and health.run_id is not None and run_id != health.run_id
         if changed:
             logger.warning("Redis changed (run id %s, was %s): following it", run_id, health.run_id)
-            redisdb.forget_connections(self.rdb)  # none of them may still talk to the old one
+            for client in (self.rdb, health.rdb):  # none of them may still talk to the old one
+                redisdb.forget_connections(client)
             if health.on_new_redis is not None:
                 health.on_new_redis(run_id)
         if (added and health.run_id is not None) or changed or health.reconcile_needed.is_set():
@@ -521,3 +524,5 @@ class Membership:
             )
         except (redis.RedisError, OSError) as exc:
             logger.warning("could not unregister from Redis: %s", exc)
+        finally:
+            redisdb.close_connections(self.rdb)  # its own (heartbeat_client): nothing uses them after

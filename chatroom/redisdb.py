@@ -51,6 +51,9 @@ POOL_SPARE = 16
 #: runs one command at a time anyway: more would only queue there).
 COMMAND_CONNECTIONS = 32
 POOL_WAIT = 5.0
+#: The heartbeat's own connections (see heartbeat_client): its thread's, the
+#: reaper's, and one for the stop's unregistering while a beat is under way.
+HEARTBEAT_CONNECTIONS = 3
 #: The URL scheme of a Redis found through Sentinel.
 SENTINEL_SCHEME = "redis+sentinel"
 #: Seconds to wait for Redis to accept a new connection.
@@ -246,6 +249,15 @@ def outcome_unknown(exc: redis.RedisError) -> bool:
     return isinstance(exc, redis.TimeoutError) and not str(exc).startswith("Timeout connecting")
 
 
+def pool_busy(exc: redis.RedisError) -> bool:
+    """True when a command never left: every command connection stayed taken for :data:`POOL_WAIT`.
+
+    Redis may be fine, only slow to get through a crowd of commands (thousands
+    of users leaving at once); nothing was sent, so trying again is safe.
+    """
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "No connection available."
+
+
 def _no_driver_info() -> dict:
     """Keyword arguments that turn CLIENT SETINFO off (redis-py >= 8 spells it ``driver_info``)."""
     connection = getattr(redis.connection, "AbstractConnection", redis.Connection)
@@ -369,14 +381,45 @@ def pubsub_client(rdb: redis.Redis, max_clients: int) -> redis.Redis:
     ``maxclients`` that command would have to open a connection Redis
     refuses, and users already connected could not chat.
     """
+    return _twin_client(rdb, PUBSUB_PER_CLIENT * max_clients + POOL_SPARE, blocking=False)
+
+
+def heartbeat_client(rdb: redis.Redis) -> redis.Redis:
+    """A client like ``rdb`` with :data:`HEARTBEAT_CONNECTIONS` of its own, opened now, for the heartbeat.
+
+    When thousands of users leave at once, each reader waits for one of the
+    :data:`COMMAND_CONNECTIONS` to remove its user; a heartbeat in that queue
+    waited past :data:`POOL_WAIT` and took Redis for lost (every user was told
+    so, and told again it was back), and a heartbeat late past
+    ``--dead-after`` would have the other processes reap this one's users.
+    Opened at start, like the command connections, so that Redis's
+    ``maxclients`` cannot refuse them later.
+    """
+    client = _twin_client(rdb, HEARTBEAT_CONNECTIONS, blocking=True)
+    try:
+        warm_up(client, HEARTBEAT_CONNECTIONS)
+    except redis.RedisError as exc:  # opened on demand instead: the heartbeat reports what it meets
+        logger.debug("heartbeat connections not opened at start: %s", exc)
+    return client
+
+
+def _twin_client(rdb: redis.Redis, size: int, *, blocking: bool) -> redis.Redis:
+    """A client like ``rdb`` (same server, same settings) with a pool of ``size`` connections of its own.
+
+    ``blocking``: a command waits up to :data:`POOL_WAIT` for a free
+    connection rather than failing (not with Sentinel, whose pool opens more).
+    """
     pool = rdb.connection_pool
-    size = PUBSUB_PER_CLIENT * max_clients + POOL_SPARE
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "maint_notifications_pool_handler"}
     if isinstance(pool, SentinelConnectionPool):
         kwargs.pop("connection_pool", None)
         twin = SentinelConnectionPool(
             pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class,
             max_connections=size, **kwargs
+        )
+    elif blocking:
+        twin = redis.BlockingConnectionPool(
+            connection_class=pool.connection_class, max_connections=size, timeout=POOL_WAIT, **kwargs
         )
     else:
         twin = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=size, **kwargs)
@@ -402,6 +445,11 @@ def forget_connections(rdb: redis.Redis) -> None:
     still take PUBLISH (replicas do), reaching only its own subscribers.
     """
     rdb.connection_pool.disconnect(inuse_connections=False)
+
+
+def close_connections(rdb: redis.Redis) -> None:
+    """Close every connection of ``rdb``'s pool, in use or not: the end of a client of our own."""
+    rdb.connection_pool.disconnect()
 
 
 def end_subscription(sub: redis.client.PubSub) -> None:
