@@ -47,6 +47,13 @@ BUSY_READ_SIZE = 8192
 DRAIN_LIMIT = 256
 #: The longest a busy listener lingers, however big the room: a delay people hardly notice.
 MAX_LINGER = 0.5
+#: A wake-up within this many lingers of the last one finds the room busy, and
+#: the listener lingers.  1 may be better: with messages (or batches of join
+#: notices) more than one linger apart, a linger ends before the next one
+#: comes and only adds a wake-up that reads nothing (at 3,000 users the
+#: batches come 0.6 s apart and the linger is at most 0.5 s).  Not measured
+#: yet: bench/variant.py's chatroom.listener.BUSY_WITHIN_LINGERS=1.
+BUSY_WITHIN_LINGERS = 2
 #: How often the linger looks at the process's CPU use, in seconds ...
 HEADROOM_WINDOW = 0.25
 #: ... and the share of one core under which it shrinks (the CPU is to spare)
@@ -249,7 +256,7 @@ class ListenerEngine:
         ``recv`` is one system call where a timed one is two (poll, recv).
 
         Fewer wake-ups: when two wake-ups come less than two lingers apart
-        (:meth:`linger_seconds`), the room is busy, and the listener lingers:
+        (:meth:`linger_seconds`, :data:`BUSY_WITHIN_LINGERS`), the room is busy, and the listener lingers:
         it sleeps one linger, letting messages gather in the socket, then
         takes them all with one non-blocking ``recv``.  One wake-up then
         carries every message of a linger instead of one each, and the
@@ -320,7 +327,7 @@ class ListenerEngine:
             feed(buffer, 0, received)
             now = monotonic()
             seconds = linger_seconds()  # the room's size sets it
-            if lingering or now - last_wake < 2 * seconds:  # messages come faster than the linger: busy
+            if lingering or now - last_wake < BUSY_WITHIN_LINGERS * seconds:  # faster than the linger: busy
                 if not lingering and buffer is idle_buffer:
                     buffer = bytearray(BUSY_READ_SIZE)  # a linger gathers more than an idle read
                     buffer_size = BUSY_READ_SIZE
