@@ -275,6 +275,7 @@ class ListenerEngine:
         not_enough_data = raw.not_enough_data
         buffer_size = len(buffer)
         linger_seconds = self.linger_seconds
+        busy_within = BUSY_WITHIN_LINGERS  # read once: the loop is the hot path
         lingering = 0.0  # seconds to gather messages before the next read; 0: block until one comes
         sleep = time.sleep
         monotonic = time.monotonic
@@ -327,7 +328,7 @@ class ListenerEngine:
             feed(buffer, 0, received)
             now = monotonic()
             seconds = linger_seconds()  # the room's size sets it
-            if lingering or now - last_wake < BUSY_WITHIN_LINGERS * seconds:  # faster than the linger: busy
+            if lingering or now - last_wake < busy_within * seconds:  # faster than the linger: busy
                 if not lingering and buffer is idle_buffer:
                     buffer = bytearray(BUSY_READ_SIZE)  # a linger gathers more than an idle read
                     buffer_size = BUSY_READ_SIZE
