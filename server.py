@@ -792,6 +792,11 @@ class ChatServer:
             if not msg:
                 continue
             if self._shutting_down.is_set():  # its user is being told goodbye, and removed
+                # Its personal listener forwards the farewell, then ends the
+                # connection (or shutdown ends it, at the grace's end): leaving
+                # first would shut the socket before the farewell went out
+                # (a page that sent something as the stop began lost it).
+                conn.gone.wait(max(0.0, min(self._stop_deadline - time.monotonic(), self.config.shutdown_grace)))
                 conn.note_leaving("shutdown")
                 return
             logger.debug("%r: received %r", conn, p.redacted(msg))

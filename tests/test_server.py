@@ -725,6 +725,32 @@ def test_a_user_who_leaves_as_the_stop_begins_is_removed_from_redis_too(make_ser
     assert redis_client.hlen(server.keys.users_by_name) == 0
 
 
+def test_a_user_who_speaks_as_the_stop_begins_is_still_told_goodbye(make_server, monkeypatch):
+    # The browser test's flake: the page asked for the room's members just as
+    # the stop began; the reader saw the stop and closed the connection
+    # before the personal listener forwarded the farewell.
+    server = make_server()
+    ann = RawClient(server.port)
+    ann.login("ann")
+    listing = server._local_connections
+
+    closed_early = []
+
+    def list_then_speak():
+        ann.send("channel:channel1::as the stop begins")
+        # Whatever the reader does with it, it must not close the connection first.
+        closed_early.append(server.wait_for_connections(0, scaled(0.5)))
+        return listing()
+
+    monkeypatch.setattr(server, "_local_connections", list_then_speak)
+    try:
+        server.shutdown()
+        assert any("The server is shutting down" in f for f in ann.expect_closed())
+    finally:
+        ann.close()
+    assert closed_early == [False]
+
+
 def test_shutdown_with_many_users_announces_each_leave_once_elsewhere(make_server, redis_client):
     prefix = "shutdown-many:"
     leaving = make_server(key_prefix=prefix, server_id="leaving")
