@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run client web test lint redis-server chromium clean fuzz bench bench-10k bench-quick screenshot
+.PHONY: install run client web test test-scale lint redis-server chromium clean fuzz bench bench-10k bench-quick screenshot
 
 $(RUN_STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ redis-server:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
+
+## make test-scale: the tests too large for make test (a hundred rooms of ten on two processes, ...)
+test-scale: $(STAMP)
+	$(PY) -m pytest -q -m scale
 
 ## make fuzz: the fuzz tests with many more examples (FUZZ_EXAMPLES=2000 by default)
 fuzz: $(STAMP)
