@@ -12,7 +12,8 @@ Scenarios (``--scenarios``, comma-separated):
   fanout    N = 50, 200, 1000 clients; 10 send 200 numbered messages each, at
             most 16 unacknowledged (a sender's own echo acknowledges).
   fixed     N = 200; 10 senders at 10 messages/s for 20 s (20,000 deliveries/s).
-  rtt       ./online and ./activity round trips with 10 and 1000 users online.
+  rtt       ./online and ./activity round trips, and a message's to its own echo,
+            with 10 and 1000 users online.
   logins    login round trips (connect, nickname, changeNameFirst1): 200 users
             arriving together on a fresh server, then 50 one at a time.
   capacity  connect and name up to 3,000 clients, then one broadcast to all;
@@ -509,6 +510,9 @@ def run_rtt(bench: Bench, n: int, args):
             for label, payload, prefix in (
                 ("online", "channel:channel1:onlineList:", f"channel:channel1:{name}:"),
                 ("activity", "channel:channel1:activity:", "channel:channel1:系统消息:"),
+                # A message to the room, back as its echo: through Redis and the probe's own
+                # listener, which lingers in a busy room (everyone else gets it too).
+                ("echo", "channel:channel1::ping", f"channel:channel1:{name}:ping"),
             ):
                 frame = encode(payload)
                 times = array("q")
@@ -920,13 +924,15 @@ def print_tables(results: dict, out=sys.stdout) -> None:
     if "rtt" in by:
         p("\n## Command round trip - medians")
         p(
-            "| backend | users online | ./online p50 ms | ./online p99 ms | ./activity p50 ms | ./activity p99 ms |"
+            "| backend | users online | ./online p50 ms | ./online p99 ms | ./activity p50 ms | ./activity p99 ms "
+            "| message to its echo p50 ms | echo p99 ms |"
         )
-        p("|---|---:|---:|---:|---:|---:|")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|")
         for backend, n, s in by["rtt"]:
             p(
                 f"| {backend} | {n} | {fmt(s.get('online_p50_ms'), '{:.2f}')} | {fmt(s.get('online_p99_ms'), '{:.2f}')} "
-                f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} |"
+                f"| {fmt(s.get('activity_p50_ms'), '{:.2f}')} | {fmt(s.get('activity_p99_ms'), '{:.2f}')} "
+                f"| {fmt(s.get('echo_p50_ms'), '{:.2f}')} | {fmt(s.get('echo_p99_ms'), '{:.2f}')} |"
                 f"{flag(s, backend + ' N=' + str(n))}"
             )
     if "logins" in by:
@@ -1072,6 +1078,7 @@ def report(scenario: str, backend: str, n: int, run: int, result: dict, t: float
             "login_s",
             "online_p50_ms",
             "activity_p50_ms",
+            "echo_p50_ms",
             "server_cpu",
             "loadgen_cpu",
             "redis_cpu",
