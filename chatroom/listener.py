@@ -290,7 +290,8 @@ class ListenerEngine:
         linger_seconds = self.linger_seconds
         busy_within = BUSY_WITHIN_LINGERS  # read once: the loop is the hot path
         linger_worth = LINGER_WORTH
-        lingered = False  # the last read came after a linger
+        lingered = False  # the last read was a lingering one
+        gathered = 0  # whole messages the last read brought
         wasted_lingers = WASTED_LINGERS
         wasted = 0  # lingers in a row that gathered fewer than linger_worth messages
         proven = True  # a fast wake-up may start a linger (False: lingers were being wasted)
@@ -323,18 +324,18 @@ class ListenerEngine:
                 wakeups[0] += count
                 if not conn.send_payloads(payloads):
                     return
+                gathered += count
                 if count >= DRAIN_LIMIT:
                     continue  # more whole replies may be parsed already
-            if linger_worth:
-                count = len(payloads)
-                if lingered and count < linger_worth:
+            if gathered:  # (a read that only began a reply says nothing)
+                if lingered and gathered < linger_worth:
                     wasted += 1
                     if wasted >= wasted_lingers:
                         lingering, proven, wasted = 0.0, False, 0  # blocks in recv again; see LINGER_WORTH
                         buffer, buffer_size = idle_buffer, len(idle_buffer)
-                elif count >= linger_worth:
+                elif linger_worth and gathered >= linger_worth:
                     proven, wasted = True, 0
-                lingered = False
+                gathered = 0
             if not sub.subscribed:
                 return
             if lingering:
@@ -347,17 +348,19 @@ class ListenerEngine:
                     received = recv_into(buffer, 0, socket.MSG_DONTWAIT)
                     lingered = True
                 except BlockingIOError:
-                    lingering = 0.0
+                    lingering, wasted = 0.0, 0
                     buffer, buffer_size = idle_buffer, len(idle_buffer)  # the busy one goes back
                     continue
             else:
                 received = recv_into(buffer)
+                lingered = False
             if not received:
                 raise redis.ConnectionError("Redis closed the pub/sub connection")
             feed(buffer, 0, received)
             now = monotonic()
             seconds = linger_seconds()  # the room's size sets it
-            quiet = now - last_wake >= busy_within * seconds
+            # A lingering read comes a linger or more after the last by design: not a quiet spell.
+            quiet = not lingering and now - last_wake >= busy_within * seconds
             if quiet:
                 proven, wasted = True, 0  # the next burst may linger again
             if lingering or (proven and not quiet):  # faster than the linger: busy

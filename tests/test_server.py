@@ -831,6 +831,30 @@ def test_a_busy_room_delivers_everything_in_order_and_a_quiet_message_still_arri
     assert threads_back_to(threads_before) == []
 
 
+def test_a_user_who_waits_for_each_echo_is_not_held_a_linger_a_message(make_server):
+    # Two users and a budget of 20 wake-ups a second: a busy listener lingers 0.1 s.
+    server = make_server(wakeup_budget=20.0, linger_shrink=1.0)
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        bob.login("bob")
+        assert server.listeners.linger_seconds() == 0.1
+        waits = []
+        for i in range(20):
+            started = time.monotonic()
+            alice.send(f"channel:channel1::line {i}")
+            alice.expect(f"channel:channel1:alice:line {i}\n")
+            waits.append(time.monotonic() - started)
+        # Each message feeds alice's listener one message a linger: after three such lingers
+        # it stops lingering (a linger a message would be 0.1 s each, 2 s in all).
+        assert max(waits[5:]) < scaled(0.05), waits
+        for i in range(20):
+            assert bob.expect(chat_from("alice")) == f"channel:channel1:alice:line {i}\n"
+    finally:
+        alice.close()
+        bob.close()
+
+
 def test_the_linger_grows_with_the_room_within_its_bounds():
     server = ChatServer(Config(listener_linger=0.01, wakeup_budget=1000, linger_shrink=1), fakeredis.FakeRedis())
     for users, linger in ((0, 0.01), (5, 0.01), (100, 0.1), (250, 0.25), (5000, 0.5)):
