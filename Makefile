@@ -38,7 +38,7 @@ test: $(STAMP)
 		echo "redis-server could not be installed: the real-Redis tests will be skipped"
 	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium || \
 		echo "chromium could not be installed: the browser tests will be skipped"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -64,9 +64,10 @@ redis-server:
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
 
-## make test-scale: the tests too large for make test (a hundred rooms of ten on two processes, ...)
-test-scale: $(STAMP)
-	$(PY) -m pytest -q -m scale
+## make test-scale: the tests too large for make test (a hundred rooms of ten on two processes, ...),
+## with make test's Redis and browser installed first
+test-scale: PYTEST_ARGS := -m scale
+test-scale: test
 
 ## make fuzz: the fuzz tests with many more examples (FUZZ_EXAMPLES=2000 by default)
 fuzz: $(STAMP)
