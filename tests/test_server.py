@@ -30,7 +30,7 @@ from conftest import (
 import protocol as p
 from chatroom import announcer, process
 from chatroom.config import parse_args
-from chatroom.listener import ListenerEngine
+from chatroom.listener import ListenerEngine, wait_in_kernel
 from framing import encode
 from server import ChatServer, Config
 
@@ -853,6 +853,45 @@ def test_a_user_who_waits_for_each_echo_is_not_held_a_linger_a_message(make_serv
     finally:
         alice.close()
         bob.close()
+
+
+def test_a_listener_idle_after_a_busy_spell_still_waits_for_the_next_message_as_long_as_it_takes(make_server):
+    # A linger of 0.1 s; after the burst the listeners linger, find nothing, and block again.
+    server = make_server(wakeup_budget=20.0, linger_shrink=1.0)
+    alice, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        alice.login("alice")
+        bob.login("bob")
+        for i in range(50):
+            alice.send(f"channel:channel1::burst {i}")
+        for i in range(50):
+            assert bob.expect(chat_from("alice")) == f"channel:channel1:alice:burst {i}\n"
+        # Silence for several lingers: a read still timed like a linger would end the subscription.
+        time.sleep(5 * server.listeners.linger_seconds())
+        alice.send("channel:channel1::after the silence")
+        assert bob.expect(chat_from("alice")) == "channel:channel1:alice:after the silence\n"
+        bob.send("channel:channel1::still here")
+        assert alice.expect(chat_from("bob")) == "channel:channel1:bob:still here\n"
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_read_made_to_wait_in_the_kernel_returns_a_buffer_at_once_or_what_came_by_its_deadline():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as sender:
+            receiver, _ = listener.accept()
+            with receiver:
+                buffer = bytearray(1000)
+                wait_in_kernel(receiver, scaled(0.05), len(buffer))
+                with pytest.raises(BlockingIOError):  # nothing came
+                    receiver.recv_into(buffer)
+                sender.sendall(b"x" * 1500)
+                assert receiver.recv_into(buffer) == 1000  # a buffer's worth: at once
+                assert receiver.recv_into(buffer) == 500  # less: what came, once the time is up
+                wait_in_kernel(receiver, 0.0, 1)  # an ordinary blocking read again
+                threading.Timer(scaled(0.2), sender.sendall, (b"late",)).start()
+                assert receiver.recv_into(buffer) == 4
 
 
 def test_the_linger_grows_with_the_room_within_its_bounds():
